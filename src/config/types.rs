@@ -1,0 +1,219 @@
+//! The validated, typed configuration the rest of Portico reads. Nothing here is parsed from
+//! text: `validate` builds these from the serde `Raw*` types after every check has passed, so a
+//! value of [`Config`] is always internally consistent (every service names an existing pool,
+//! names are unique, weights are non-zero, prefixes are in range, ports do not clash).
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, validated configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it was read from (for messages); `<embedded>` for generated configs.
+    pub source: PathBuf,
+    pub node: Node,
+    pub vip: Option<Vip>,
+    /// In file order.
+    pub services: Vec<Service>,
+    /// Sorted by name.
+    pub pools: Vec<Pool>,
+    pub balancer: Balancer,
+    pub dns: Option<Dns>,
+    pub metrics: Metrics,
+    pub admin: Admin,
+}
+
+impl Config {
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    /// The interface that carries the VIP; `None` when Portico does not own an address.
+    pub interface: Option<String>,
+}
+
+/// An address with its prefix length, as written `192.0.2.10/24` or `2001:db8::10/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpPrefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vip {
+    pub addresses: Vec<IpPrefix>,
+    pub mode: VipMode,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VipMode {
+    /// Take the addresses at start (after a conflict probe) and keep them.
+    Standalone,
+    /// Hold the addresses only while VRRP master.
+    Vrrp(Vrrp),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vrrp {
+    /// 1..=255
+    pub vrid: u8,
+    /// 1..=255 (255 = address owner)
+    pub priority: u8,
+    /// Whole centiseconds on the wire, 10 ms ..= 40.95 s.
+    pub advert_interval: Duration,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    pub accept_mode: bool,
+    /// Empty: multicast to 224.0.0.18 / ff02::12.
+    pub unicast_peers: Vec<IpAddr>,
+    /// Priority is lowered by this much while a pool has no eligible backend.
+    pub track_pool_penalty: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub protocol: Protocol,
+    /// Always the name of a pool in [`Config::pools`].
+    pub pool: String,
+    /// Port used on backends that do not name their own; defaults to `listen`'s port.
+    pub backend_port: u16,
+    pub affinity: Affinity,
+    /// TCP: a connect that takes longer counts as failed and the next choice is tried.
+    pub connect_timeout: Duration,
+    /// TCP: total connect attempts per client connection (first choice + retries), >= 1.
+    pub connect_attempts: NonZeroU32,
+    /// TCP: a connection with no byte in either direction for this long is closed.
+    /// UDP: a flow with no datagram in either direction for this long is forgotten.
+    pub idle_timeout: Duration,
+    /// TCP: listen backlog.
+    pub backlog: u32,
+    /// UDP: most concurrent client flows; a new flow beyond it is refused and counted.
+    pub max_flows: usize,
+}
+
+/// How clients are keyed and pinned. Services sharing a `group` share one stick table, so a
+/// client's TCP channels and UDP flow meet on one backend; validation guarantees that every
+/// service of a group uses the same pool and the same key settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affinity {
+    pub group: String,
+    /// 0..=32
+    pub ipv4_prefix: u8,
+    /// 0..=128
+    pub ipv6_prefix: u8,
+    /// An entry unused for this long expires.
+    pub idle_timeout: Duration,
+    /// Most entries in the group's table; beyond it the least recently used are evicted.
+    pub max_entries: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    /// In file order; names and addresses (address + explicit port) are unique.
+    pub backends: Vec<Backend>,
+    pub health: Health,
+    /// Maglev table size, a prime >= 65537 unless set explicitly lower for tests.
+    pub table_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub name: String,
+    pub address: IpAddr,
+    /// `None`: use the service's `backend_port`.
+    pub port: Option<u16>,
+    pub weight: NonZeroU32,
+}
+
+impl Backend {
+    /// Where a service with `backend_port` reaches this backend.
+    pub fn socket_addr(&self, backend_port: u16) -> SocketAddr {
+        SocketAddr::new(self.address, self.port.unwrap_or(backend_port))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    Tcp,
+    Tls,
+    RdgToken,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: NonZeroU32,
+    pub fall: NonZeroU32,
+    /// In the order they run; a failing cheaper check stops the dearer ones.
+    pub checks: Vec<CheckKind>,
+    /// Connect failures seen by the data plane count toward `fall`.
+    pub passive: bool,
+    pub tls: Option<TlsCheck>,
+    pub rdg_token: Option<RdgTokenCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsCheck {
+    pub server_name: String,
+    pub ca_file: Option<PathBuf>,
+    pub min_days_left: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RdgTokenCheck {
+    pub signing_cert: PathBuf,
+    pub signing_key: PathBuf,
+    /// Host named in the probe token (the canary host identity).
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Balancer {
+    /// On SIGTERM, established connections get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dns {
+    pub listen: Vec<SocketAddr>,
+    /// Fully qualified, lower case, with the trailing dot.
+    pub zone: String,
+    pub ttl: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    /// `None`: no metrics listener.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub socket: PathBuf,
+}

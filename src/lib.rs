@@ -1,0 +1,32 @@
+//! Portico: owns a virtual IP for a farm of Microsoft RD Gateways, spreads their TLS and UDP
+//! traffic at layer 4 with per-client affinity, and only sends clients to gateways that prove,
+//! by a real MS-TSGU handshake with a freshly signed token, that they validate console tokens.
+//!
+//! # Layout
+//!
+//! Data flows one way: `config` → `snapshot` (behind `ArcSwap`) → data plane. Only the
+//! `controller` builds and swaps snapshots; everything else reads them without locking.
+//!
+//! - [`config`]: the TOML schema, its validation into typed runtime values, and error reports
+//!   that name file, line, column and field.
+//! - [`maglev`]: the Maglev consistent-hash table (pure): weighted build, O(1) lookup, and the
+//!   per-key preference order used for connect retries.
+//! - [`affinity`]: the stick table (pure): client key → backend with idle expiry and a size cap,
+//!   shared by every service of one affinity group.
+//! - [`snapshot`]: the immutable view the data plane decides from (services, pools, backend
+//!   states, Maglev tables) and the backend choice itself.
+//! - [`controller`]: owns the current snapshot, applies config, health and admin changes.
+//! - [`balancer`]: TCP and UDP listeners, connect with retry, byte copying, drain on shutdown.
+//! - [`metrics`]: the Prometheus registry, every metric name, and the `/metrics` listener.
+//! - [`lab`]: the embedded loopback lab behind `portico lab`.
+//! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
+
+pub mod affinity;
+pub mod balancer;
+pub mod config;
+pub mod controller;
+pub mod daemon;
+pub mod lab;
+pub mod maglev;
+pub mod metrics;
+pub mod snapshot;
