@@ -1,1 +1,323 @@
-//! TODO
+//! The controller: the only writer of the snapshot.
+//!
+//! It keeps what a snapshot is built from (the config, every backend's health and admin state,
+//! the stable backend ids, the affinity groups with their stick tables) and publishes a new
+//! `Arc<Snapshot>` after each change. Readers keep whatever snapshot they loaded for as long as
+//! they need it; nothing in the data plane waits for the controller.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use crate::affinity::{KeySpec, StickTable};
+use crate::config::Config;
+use crate::maglev::Maglev;
+use crate::metrics::{BackendCounters, Metrics, ServiceCounters};
+use crate::snapshot::{
+    AdminState, AffinityGroup, BackendId, BackendView, HealthState, PoolView, ServiceView, Snapshot,
+};
+
+/// Errors from applying a change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No backend of that name in any pool.
+    #[error("no backend named {0:?}")]
+    UnknownBackend(String),
+    /// The Maglev table could not be built (config validation should have caught this).
+    #[error("pool {pool}: {source}")]
+    Maglev {
+        pool: String,
+        #[source]
+        source: crate::maglev::MaglevError,
+    },
+}
+
+#[derive(Default, Clone, Copy)]
+struct BackendState {
+    health: HealthState,
+    admin: AdminState,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    generation: u64,
+    /// (pool, backend name) → stable id; ids are never reused within a process.
+    ids: HashMap<(String, String), BackendId>,
+    next_id: u32,
+    states: HashMap<BackendId, BackendState>,
+    groups: HashMap<String, Arc<AffinityGroup>>,
+}
+
+/// Owns the published snapshot. Cheap to share (`Arc<Controller>`).
+pub struct Controller {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+}
+
+impl Controller {
+    /// Builds the first snapshot from `config`.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Controller, ControlError> {
+        let ctl = Controller {
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            metrics,
+            inner: Mutex::new(Inner {
+                config: Arc::new(config),
+                generation: 0,
+                ids: HashMap::new(),
+                next_id: 1,
+                states: HashMap::new(),
+                groups: HashMap::new(),
+            }),
+        };
+        ctl.rebuild(&mut ctl.lock())?;
+        Ok(ctl)
+    }
+
+    /// The handle the data plane loads snapshots from.
+    pub fn snapshot(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.lock().config.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock would already be a bug; keep serving with the
+        // state as it was rather than take the whole daemon down.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the config (reload). Admin and health state of backends that keep their pool
+    /// and name carry over; stick tables of groups that still exist are kept.
+    pub fn apply_config(&self, config: Config) -> Result<(), ControlError> {
+        let mut inner = self.lock();
+        let old = std::mem::replace(&mut inner.config, Arc::new(config));
+        if let Err(e) = self.rebuild(&mut inner) {
+            inner.config = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Records a health verdict for every backend named `backend` in `pool`.
+    pub fn set_health(
+        &self,
+        pool: &str,
+        backend: &str,
+        health: HealthState,
+    ) -> Result<(), ControlError> {
+        self.update(Some(pool), backend, |s| s.health = health)
+    }
+
+    /// Sets the admin state of the backend named `name` in every pool that has one.
+    pub fn set_admin(&self, name: &str, admin: AdminState) -> Result<(), ControlError> {
+        self.update(None, name, |s| s.admin = admin)
+    }
+
+    fn update(
+        &self,
+        pool: Option<&str>,
+        backend: &str,
+        f: impl Fn(&mut BackendState),
+    ) -> Result<(), ControlError> {
+        let mut inner = self.lock();
+        let ids: Vec<BackendId> = inner
+            .ids
+            .iter()
+            .filter(|((p, b), _)| b == backend && pool.is_none_or(|want| want == p))
+            .map(|(_, id)| *id)
+            .collect();
+        if ids.is_empty() {
+            return Err(ControlError::UnknownBackend(backend.to_string()));
+        }
+        for id in ids {
+            f(inner.states.entry(id).or_default());
+        }
+        self.rebuild(&mut inner)
+    }
+
+    /// Expires idle stick entries and publishes table sizes; run about once a second.
+    pub fn housekeeping(&self, now: Instant) {
+        let groups: Vec<Arc<AffinityGroup>> = self.lock().groups.values().cloned().collect();
+        for g in groups {
+            g.table.expire(now);
+            let stats = g.table.stats();
+            let name = &*g.name;
+            self.metrics
+                .affinity_entries
+                .with_label_values(&[name])
+                .set(g.table.len() as i64);
+            sync_counter(&self.metrics.affinity_evictions, name, stats.evictions);
+            sync_counter(&self.metrics.affinity_expirations, name, stats.expirations);
+        }
+    }
+
+    fn rebuild(&self, inner: &mut Inner) -> Result<(), ControlError> {
+        let config = inner.config.clone();
+        let mut pools = Vec::with_capacity(config.pools.len());
+        let mut live_ids = Vec::new();
+        for pool in &config.pools {
+            let mut backends = Vec::with_capacity(pool.backends.len());
+            for b in &pool.backends {
+                let key = (pool.name.clone(), b.name.clone());
+                let id = match inner.ids.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let id = BackendId(inner.next_id);
+                        inner.next_id += 1;
+                        inner.ids.insert(key, id);
+                        id
+                    }
+                };
+                live_ids.push(id);
+                let st = inner.states.get(&id).copied().unwrap_or_default();
+                backends.push(BackendView {
+                    id,
+                    name: Arc::from(b.name.as_str()),
+                    address: b.address,
+                    port: b.port,
+                    weight: b.weight,
+                    admin: st.admin,
+                    health: st.health,
+                });
+            }
+            let maglev_backends: Vec<usize> = backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.eligible())
+                .map(|(i, _)| i)
+                .collect();
+            let maglev = Maglev::build(
+                maglev_backends
+                    .iter()
+                    .map(|&i| (&*backends[i].name, backends[i].weight.get())),
+                pool.table_size,
+            )
+            .map_err(|source| ControlError::Maglev {
+                pool: pool.name.clone(),
+                source,
+            })?;
+            if maglev_backends.is_empty() {
+                warn!(pool = %pool.name, "pool has no eligible backend: new clients will be refused");
+            }
+            for b in &backends {
+                let labels = &[pool.name.as_str(), &*b.name];
+                self.metrics
+                    .backend_up
+                    .with_label_values(labels)
+                    .set(b.eligible() as i64);
+                self.metrics
+                    .backend_weight
+                    .with_label_values(labels)
+                    .set(i64::from(b.weight.get()));
+                for s in AdminState::ALL {
+                    self.metrics
+                        .backend_admin_state
+                        .with_label_values(&[pool.name.as_str(), &*b.name, s.as_str()])
+                        .set((b.admin == s) as i64);
+                }
+            }
+            pools.push(PoolView {
+                name: Arc::from(pool.name.as_str()),
+                backends,
+                maglev,
+                maglev_backends,
+            });
+        }
+        inner.ids.retain(|_, id| live_ids.contains(id));
+        inner.states.retain(|id, _| live_ids.contains(id));
+
+        let mut groups: HashMap<String, Arc<AffinityGroup>> = HashMap::new();
+        let mut services = Vec::with_capacity(config.services.len());
+        for svc in &config.services {
+            let Some(pool_idx) = config.pools.iter().position(|p| p.name == svc.pool) else {
+                // Validation guarantees the pool exists; a generated config that breaks this
+                // must not take the data plane down.
+                warn!(service = %svc.name, pool = %svc.pool, "service names a missing pool; skipped");
+                continue;
+            };
+            let a = &svc.affinity;
+            let spec = KeySpec {
+                ipv4_prefix: a.ipv4_prefix,
+                ipv6_prefix: a.ipv6_prefix,
+            };
+            let group = match groups.get(&a.group) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = match inner.groups.get(&a.group) {
+                        Some(g) if g.spec == spec => g.clone(),
+                        _ => Arc::new(AffinityGroup {
+                            name: Arc::from(a.group.as_str()),
+                            spec,
+                            table: StickTable::new(a.max_entries, a.idle_timeout),
+                        }),
+                    };
+                    groups.insert(a.group.clone(), g.clone());
+                    g
+                }
+            };
+            let pool = &pools[pool_idx];
+            let backend_counters = pool
+                .backends
+                .iter()
+                .map(|b| BackendCounters::new(&self.metrics, &svc.name, &b.name))
+                .collect();
+            services.push(ServiceView {
+                name: Arc::from(svc.name.as_str()),
+                listen: svc.listen,
+                protocol: svc.protocol,
+                pool: pool_idx,
+                group,
+                backend_port: svc.backend_port,
+                connect_timeout: svc.connect_timeout,
+                connect_attempts: svc.connect_attempts,
+                idle_timeout: svc.idle_timeout,
+                backlog: svc.backlog,
+                max_flows: svc.max_flows,
+                counters: ServiceCounters::new(&self.metrics, &svc.name),
+                backend_counters,
+            });
+        }
+        // Pinned clients of a backend that can no longer serve them are placed afresh on their
+        // next connection; dropping the entries now keeps the table honest for `status`.
+        for g in groups.values() {
+            g.table.retain(|id| {
+                pools
+                    .iter()
+                    .any(|p| p.backends.iter().any(|b| b.id == *id && b.serves_pinned()))
+            });
+        }
+        inner.groups = groups;
+        inner.generation += 1;
+        let snap = Snapshot {
+            generation: inner.generation,
+            services,
+            pools,
+        };
+        self.metrics
+            .snapshot_generation
+            .set(inner.generation as i64);
+        info!(generation = inner.generation, "snapshot published");
+        self.snapshot.store(Arc::new(snap));
+        Ok(())
+    }
+}
+
+/// Advances a Prometheus counter to a monotonic total kept elsewhere (the stick table's).
+fn sync_counter(vec: &prometheus::IntCounterVec, label: &str, total: u64) {
+    let c = vec.with_label_values(&[label]);
+    let have = c.get();
+    if total > have {
+        c.inc_by(total - have);
+    }
+}

@@ -1,1 +1,215 @@
-//! TODO
+//! Wires the parts together: binds every listener first (so a bad address fails the start,
+//! not a later moment), then spawns the data plane, the metrics listener and housekeeping,
+//! and on shutdown drains in the order an operator expects: stop accepting, let established
+//! connections finish up to the drain timeout, then close what is left.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::balancer;
+use crate::config::{Config, Protocol};
+use crate::controller::Controller;
+use crate::metrics::{self, Metrics};
+
+/// How often stick tables are expired and their gauges refreshed.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// A started daemon. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    pub controller: Arc<Controller>,
+    /// Every service's bound address (the real port when the config said port 0).
+    pub bound: Vec<BoundService>,
+    pub metrics_addr: Option<SocketAddr>,
+    accept_stop: CancellationToken,
+    hard_stop: CancellationToken,
+    /// Listener and housekeeping tasks.
+    tasks: TaskTracker,
+    /// One task per proxied connection or UDP flow.
+    connections: TaskTracker,
+}
+
+#[derive(Debug, Clone)]
+pub struct BoundService {
+    pub name: String,
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+impl Running {
+    pub fn local_addr(&self, service: &str) -> Option<SocketAddr> {
+        self.bound
+            .iter()
+            .find(|b| b.name == service)
+            .map(|b| b.addr)
+    }
+
+    /// Stops accepting, waits up to `drain` for established connections to finish, then
+    /// closes the rest. Returns how many connections were still open when the drain ended.
+    pub async fn shutdown(self, drain: Duration) -> usize {
+        info!(
+            drain_s = drain.as_secs_f64(),
+            "shutting down: listeners closed, draining"
+        );
+        self.accept_stop.cancel();
+        self.connections.close();
+        let left = match tokio::time::timeout(drain, self.connections.wait()).await {
+            Ok(()) => 0,
+            Err(_) => {
+                let left = self.connections.len();
+                warn!(
+                    open = left,
+                    "drain timeout reached: closing remaining connections"
+                );
+                left
+            }
+        };
+        self.hard_stop.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            self.connections.wait().await;
+            self.tasks.wait().await;
+        })
+        .await;
+        left
+    }
+}
+
+/// Binds and starts everything `config` describes.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    match balancer::raise_nofile_limit() {
+        Ok(n) => info!(nofile = n, "open-file limit"),
+        Err(e) => warn!(error = %e, "could not raise the open-file limit"),
+    }
+    let metrics = Metrics::new();
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .with_context(|| format!("metrics: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let mut tcp = Vec::new();
+    let mut udp = Vec::new();
+    let mut bound = Vec::new();
+    for (i, svc) in config.services.iter().enumerate() {
+        let addr = match svc.protocol {
+            Protocol::Tcp => {
+                let l = balancer::bind_tcp(svc.listen, svc.backlog).with_context(|| {
+                    format!("service {}: cannot listen on tcp {}", svc.name, svc.listen)
+                })?;
+                let l = TcpListener::from_std(l)?;
+                let a = l.local_addr()?;
+                tcp.push((i, svc.name.clone(), l));
+                a
+            }
+            Protocol::Udp => {
+                let s = balancer::bind_udp(svc.listen).with_context(|| {
+                    format!("service {}: cannot listen on udp {}", svc.name, svc.listen)
+                })?;
+                let s = UdpSocket::from_std(s)?;
+                let a = s.local_addr()?;
+                udp.push((i, svc.name.clone(), s));
+                a
+            }
+        };
+        bound.push(BoundService {
+            name: svc.name.clone(),
+            protocol: svc.protocol,
+            addr,
+        });
+    }
+    let controller = Arc::new(Controller::new(config, metrics.clone())?);
+    let snapshot = controller.snapshot();
+    let accept_stop = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let connections = TaskTracker::new();
+    for (i, name, l) in tcp {
+        tasks.spawn(balancer::serve_tcp(
+            l,
+            Arc::from(name.as_str()),
+            i,
+            snapshot.clone(),
+            accept_stop.clone(),
+            hard_stop.clone(),
+            connections.clone(),
+        ));
+    }
+    for (i, name, s) in udp {
+        tasks.spawn(balancer::serve_udp(
+            s,
+            Arc::from(name.as_str()),
+            i,
+            snapshot.clone(),
+            accept_stop.clone(),
+            hard_stop.clone(),
+            connections.clone(),
+        ));
+    }
+    let metrics_addr = match metrics_listener {
+        Some(l) => {
+            let a = l.local_addr()?;
+            tasks.spawn(metrics::serve(l, metrics.clone(), hard_stop.clone()));
+            Some(a)
+        }
+        None => None,
+    };
+    {
+        let controller = controller.clone();
+        let stop = hard_stop.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => controller.housekeeping(std::time::Instant::now()),
+                }
+            }
+        });
+    }
+    for b in &bound {
+        info!(service = %b.name, protocol = b.protocol.as_str(), addr = %b.addr, "listening");
+    }
+    if let Some(a) = metrics_addr {
+        info!(addr = %a, "metrics at http://{a}/metrics");
+    }
+    Ok(Running {
+        controller,
+        bound,
+        metrics_addr,
+        accept_stop,
+        hard_stop,
+        tasks,
+        connections,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then drains for the configured time.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let drain = config.balancer.drain_timeout;
+    let running = start(config).await?;
+    wait_for_signal().await?;
+    let left = running.shutdown(drain).await;
+    info!(closed_by_timeout = left, "stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}

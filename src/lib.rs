@@ -19,10 +19,12 @@
 //! - [`balancer`]: TCP and UDP listeners, connect with retry, byte copying, drain on shutdown.
 //! - [`metrics`]: the Prometheus registry, every metric name, and the `/metrics` listener.
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
+//! - [`check`]: the effective plan `portico check` prints.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
 
 pub mod affinity;
 pub mod balancer;
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod daemon;

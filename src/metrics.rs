@@ -1,1 +1,464 @@
-//! TODO
+//! Metrics: one Prometheus registry for the process, every metric name as a `const`, and the
+//! HTTP `/metrics` listener.
+//!
+//! Names follow Prometheus conventions: `portico_` prefix, base units (seconds, bytes),
+//! `_total` on counters. Label values come from closed sets (service, pool and backend names
+//! from the config, `&'static str` reasons), never from client addresses, so cardinality is
+//! bounded by the config. The data plane never formats a label: the controller resolves every
+//! child handle when it builds a snapshot, and a connection only increments.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+pub const BUILD_INFO: &str = "portico_build_info";
+pub const CONNECTIONS_ACCEPTED: &str = "portico_connections_accepted_total";
+pub const CONNECTIONS_ACTIVE: &str = "portico_connections_active";
+pub const CONNECTIONS_FAILED: &str = "portico_connections_failed_total";
+pub const ACCEPT_ERRORS: &str = "portico_accept_errors_total";
+pub const CONNECT_RETRIES: &str = "portico_connect_retries_total";
+pub const BACKEND_CONNECTIONS: &str = "portico_backend_connections_total";
+pub const BACKEND_CONNECTIONS_ACTIVE: &str = "portico_backend_connections_active";
+pub const BACKEND_CONNECT_FAILURES: &str = "portico_backend_connect_failures_total";
+pub const BACKEND_CONNECT_DURATION: &str = "portico_backend_connect_duration_seconds";
+pub const BACKEND_BYTES: &str = "portico_backend_bytes_total";
+pub const BACKEND_UP: &str = "portico_backend_up";
+pub const BACKEND_ADMIN_STATE: &str = "portico_backend_admin_state";
+pub const BACKEND_WEIGHT: &str = "portico_backend_weight";
+pub const AFFINITY_ENTRIES: &str = "portico_affinity_entries";
+pub const AFFINITY_EVICTIONS: &str = "portico_affinity_evictions_total";
+pub const AFFINITY_EXPIRATIONS: &str = "portico_affinity_expirations_total";
+pub const UDP_FLOWS_ACTIVE: &str = "portico_udp_flows_active";
+pub const UDP_FLOWS: &str = "portico_udp_flows_total";
+pub const UDP_FLOWS_REJECTED: &str = "portico_udp_flows_rejected_total";
+pub const UDP_DATAGRAMS: &str = "portico_udp_datagrams_total";
+pub const UDP_DROPS: &str = "portico_udp_datagrams_dropped_total";
+pub const SNAPSHOT_GENERATION: &str = "portico_snapshot_generation";
+
+/// Why a client connection got no backend at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// The pool had no eligible backend.
+    NoBackend,
+    /// Every attempt (first choice and retries) failed to connect.
+    ConnectFailed,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::NoBackend => "no_backend",
+            FailReason::ConnectFailed => "connect_failed",
+        }
+    }
+}
+
+/// Why one connect attempt to a backend failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Refused,
+    Timeout,
+    Unreachable,
+    Other,
+}
+
+impl ConnectFailure {
+    pub const ALL: [ConnectFailure; 4] = [
+        ConnectFailure::Refused,
+        ConnectFailure::Timeout,
+        ConnectFailure::Unreachable,
+        ConnectFailure::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Timeout => "timeout",
+            ConnectFailure::Unreachable => "unreachable",
+            ConnectFailure::Other => "other",
+        }
+    }
+
+    pub fn from_io(e: &std::io::Error) -> ConnectFailure {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            ConnectionRefused | ConnectionReset => ConnectFailure::Refused,
+            TimedOut => ConnectFailure::Timeout,
+            HostUnreachable | NetworkUnreachable | AddrNotAvailable => ConnectFailure::Unreachable,
+            _ => ConnectFailure::Other,
+        }
+    }
+}
+
+/// Every metric family of the process, registered once.
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections_accepted: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    pub connections_failed: IntCounterVec,
+    pub accept_errors: IntCounterVec,
+    pub connect_retries: IntCounterVec,
+    pub backend_connections: IntCounterVec,
+    pub backend_connections_active: IntGaugeVec,
+    pub backend_connect_failures: IntCounterVec,
+    pub backend_connect_duration: HistogramVec,
+    pub backend_bytes: IntCounterVec,
+    pub backend_up: IntGaugeVec,
+    pub backend_admin_state: IntGaugeVec,
+    pub backend_weight: IntGaugeVec,
+    pub affinity_entries: IntGaugeVec,
+    pub affinity_evictions: IntCounterVec,
+    pub affinity_expirations: IntCounterVec,
+    pub udp_flows_active: IntGaugeVec,
+    pub udp_flows: IntCounterVec,
+    pub udp_flows_rejected: IntCounterVec,
+    pub udp_datagrams: IntCounterVec,
+    pub udp_drops: IntCounterVec,
+    pub snapshot_generation: IntGauge,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    reg.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// Builds and registers every family. The `expect`s can only fire on a programming error
+    /// in the static definitions above (a bad name or a double registration), never on input.
+    pub fn new() -> Arc<Metrics> {
+        let reg = Registry::new();
+        let build = gauge(
+            &reg,
+            BUILD_INFO,
+            "Build information; always 1.",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let snapshot_generation = IntGauge::new(
+            SNAPSHOT_GENERATION,
+            "Generation of the snapshot the data plane reads; it changes on every config, health or admin change.",
+        )
+        .expect("static metric definition");
+        reg.register(Box::new(snapshot_generation.clone()))
+            .expect("metric registered once");
+        let buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0,
+        ];
+        let backend_connect_duration = HistogramVec::new(
+            HistogramOpts::new(
+                BACKEND_CONNECT_DURATION,
+                "Time to establish the TCP connection to a backend (successful attempts).",
+            )
+            .buckets(buckets),
+            &["service", "backend"],
+        )
+        .expect("static metric definition");
+        reg.register(Box::new(backend_connect_duration.clone()))
+            .expect("metric registered once");
+        let sb = &["service", "backend"];
+        Arc::new(Metrics {
+            connections_accepted: counter(&reg, CONNECTIONS_ACCEPTED, "Client connections accepted.", &["service"]),
+            connections_active: gauge(&reg, CONNECTIONS_ACTIVE, "Client connections open now.", &["service"]),
+            connections_failed: counter(
+                &reg,
+                CONNECTIONS_FAILED,
+                "Client connections closed without reaching any backend, by reason.",
+                &["service", "reason"],
+            ),
+            accept_errors: counter(
+                &reg,
+                ACCEPT_ERRORS,
+                "accept() failures; emfile means the descriptor limit was hit and accepting backed off.",
+                &["service", "reason"],
+            ),
+            connect_retries: counter(
+                &reg,
+                CONNECT_RETRIES,
+                "Connects retried on the next backend of the client's preference order.",
+                &["service"],
+            ),
+            backend_connections: counter(&reg, BACKEND_CONNECTIONS, "Connections established to a backend.", sb),
+            backend_connections_active: gauge(&reg, BACKEND_CONNECTIONS_ACTIVE, "Proxied connections open to a backend now.", sb),
+            backend_connect_failures: counter(
+                &reg,
+                BACKEND_CONNECT_FAILURES,
+                "Failed connect attempts to a backend, by reason.",
+                &["service", "backend", "reason"],
+            ),
+            backend_connect_duration,
+            backend_bytes: counter(
+                &reg,
+                BACKEND_BYTES,
+                "Payload bytes relayed; direction=to_backend is client to backend, to_client the reverse.",
+                &["service", "backend", "direction"],
+            ),
+            backend_up: gauge(
+                &reg,
+                BACKEND_UP,
+                "1 while the backend takes new clients (healthy and enabled), else 0.",
+                &["pool", "backend"],
+            ),
+            backend_admin_state: gauge(
+                &reg,
+                BACKEND_ADMIN_STATE,
+                "1 for the backend's current admin state (enabled, drain, disabled), 0 for the others.",
+                &["pool", "backend", "state"],
+            ),
+            backend_weight: gauge(&reg, BACKEND_WEIGHT, "Configured weight of the backend.", &["pool", "backend"]),
+            affinity_entries: gauge(&reg, AFFINITY_ENTRIES, "Clients pinned in the affinity (stick) table.", &["group"]),
+            affinity_evictions: counter(
+                &reg,
+                AFFINITY_EVICTIONS,
+                "Affinity entries evicted because the table was full.",
+                &["group"],
+            ),
+            affinity_expirations: counter(
+                &reg,
+                AFFINITY_EXPIRATIONS,
+                "Affinity entries that expired after their idle timeout.",
+                &["group"],
+            ),
+            udp_flows_active: gauge(&reg, UDP_FLOWS_ACTIVE, "UDP client flows tracked now.", &["service"]),
+            udp_flows: counter(&reg, UDP_FLOWS, "UDP client flows created.", sb),
+            udp_flows_rejected: counter(
+                &reg,
+                UDP_FLOWS_REJECTED,
+                "New UDP flows refused, by reason (table_full, no_backend, socket).",
+                &["service", "reason"],
+            ),
+            udp_datagrams: counter(
+                &reg,
+                UDP_DATAGRAMS,
+                "UDP datagrams relayed, by direction.",
+                &["service", "backend", "direction"],
+            ),
+            udp_drops: counter(
+                &reg,
+                UDP_DROPS,
+                "UDP datagrams dropped (socket buffer full or send error), by direction.",
+                &["service", "direction"],
+            ),
+            snapshot_generation,
+            registry: reg,
+        })
+    }
+
+    /// The text exposition of every family.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a failure here would mean an inconsistent
+        // family, which we report in the body rather than panic.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            out.clear();
+            out.extend_from_slice(format!("# encode error: {e}\n").as_bytes());
+        }
+        out
+    }
+}
+
+/// Pre-resolved handles for one (service, backend) pair: the data plane only increments.
+#[derive(Clone)]
+pub struct BackendCounters {
+    pub connections: IntCounter,
+    pub active: IntGauge,
+    pub connect_duration: Histogram,
+    pub bytes_to_backend: IntCounter,
+    pub bytes_to_client: IntCounter,
+    /// Indexed like [`ConnectFailure::ALL`].
+    pub connect_failures: [IntCounter; 4],
+    pub udp_flows: IntCounter,
+    pub datagrams_to_backend: IntCounter,
+    pub datagrams_to_client: IntCounter,
+}
+
+impl BackendCounters {
+    pub fn new(m: &Metrics, service: &str, backend: &str) -> BackendCounters {
+        let l = &[service, backend];
+        BackendCounters {
+            connections: m.backend_connections.with_label_values(l),
+            active: m.backend_connections_active.with_label_values(l),
+            connect_duration: m.backend_connect_duration.with_label_values(l),
+            bytes_to_backend: m
+                .backend_bytes
+                .with_label_values(&[service, backend, "to_backend"]),
+            bytes_to_client: m
+                .backend_bytes
+                .with_label_values(&[service, backend, "to_client"]),
+            connect_failures: ConnectFailure::ALL.map(|r| {
+                m.backend_connect_failures
+                    .with_label_values(&[service, backend, r.as_str()])
+            }),
+            udp_flows: m.udp_flows.with_label_values(l),
+            datagrams_to_backend: m.udp_datagrams.with_label_values(&[
+                service,
+                backend,
+                "to_backend",
+            ]),
+            datagrams_to_client: m.udp_datagrams.with_label_values(&[
+                service,
+                backend,
+                "to_client",
+            ]),
+        }
+    }
+
+    pub fn connect_failure(&self, why: ConnectFailure) -> &IntCounter {
+        &self.connect_failures[why as usize]
+    }
+}
+
+/// Pre-resolved handles for one service.
+#[derive(Clone)]
+pub struct ServiceCounters {
+    pub accepted: IntCounter,
+    pub active: IntGauge,
+    pub no_backend: IntCounter,
+    pub connect_failed: IntCounter,
+    pub retries: IntCounter,
+    pub accept_emfile: IntCounter,
+    pub accept_other: IntCounter,
+    pub udp_flows_active: IntGauge,
+    pub udp_rejected_table_full: IntCounter,
+    pub udp_rejected_no_backend: IntCounter,
+    pub udp_rejected_socket: IntCounter,
+    pub udp_drops_to_backend: IntCounter,
+    pub udp_drops_to_client: IntCounter,
+}
+
+impl ServiceCounters {
+    pub fn new(m: &Metrics, service: &str) -> ServiceCounters {
+        let s = &[service];
+        ServiceCounters {
+            accepted: m.connections_accepted.with_label_values(s),
+            active: m.connections_active.with_label_values(s),
+            no_backend: m
+                .connections_failed
+                .with_label_values(&[service, FailReason::NoBackend.as_str()]),
+            connect_failed: m
+                .connections_failed
+                .with_label_values(&[service, FailReason::ConnectFailed.as_str()]),
+            retries: m.connect_retries.with_label_values(s),
+            accept_emfile: m.accept_errors.with_label_values(&[service, "emfile"]),
+            accept_other: m.accept_errors.with_label_values(&[service, "other"]),
+            udp_flows_active: m.udp_flows_active.with_label_values(s),
+            udp_rejected_table_full: m
+                .udp_flows_rejected
+                .with_label_values(&[service, "table_full"]),
+            udp_rejected_no_backend: m
+                .udp_flows_rejected
+                .with_label_values(&[service, "no_backend"]),
+            udp_rejected_socket: m.udp_flows_rejected.with_label_values(&[service, "socket"]),
+            udp_drops_to_backend: m.udp_drops.with_label_values(&[service, "to_backend"]),
+            udp_drops_to_client: m.udp_drops.with_label_values(&[service, "to_client"]),
+        }
+    }
+}
+
+/// Largest request head we read; `/metrics` needs a request line and a few headers only.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// A scraper that does not finish its request in this time is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` until `cancel` fires. The listener is bound by the caller so that a
+/// bind error surfaces at start-up, before the daemon reports ready.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(error) => {
+                    warn!(%error, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => debug!(%peer, %error, "metrics: request failed"),
+                Err(_) => debug!(%peer, "metrics: request timed out"),
+            }
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut buf = vec![0u8; MAX_REQUEST_HEAD];
+    let mut filled = 0;
+    let (status, body, ctype) = loop {
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..filled]) {
+            Ok(httparse::Status::Complete(_)) => {
+                let path = req.path.unwrap_or("/");
+                let path = path.split('?').next().unwrap_or(path);
+                break match (req.method, path) {
+                    (Some("GET"), "/metrics") => (
+                        "200 OK",
+                        metrics.encode(),
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                    (Some("GET"), "/") => (
+                        "200 OK",
+                        b"<html><body><a href=\"/metrics\">/metrics</a></body></html>\n".to_vec(),
+                        "text/html",
+                    ),
+                    (Some("GET"), _) => ("404 Not Found", b"not found\n".to_vec(), "text/plain"),
+                    _ => (
+                        "405 Method Not Allowed",
+                        b"GET only\n".to_vec(),
+                        "text/plain",
+                    ),
+                };
+            }
+            Ok(httparse::Status::Partial) if filled < buf.len() => continue,
+            Ok(httparse::Status::Partial) => {
+                break (
+                    "431 Request Header Fields Too Large",
+                    b"too large\n".to_vec(),
+                    "text/plain",
+                )
+            }
+            Err(_) => break ("400 Bad Request", b"bad request\n".to_vec(), "text/plain"),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    stream.shutdown().await
+}
+
+/// Binds the metrics listener (so the caller sees bind errors at start) and returns it.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,181 @@
+//! Relaying bytes between a client and its backend.
+//!
+//! An idle proxied connection holds no buffer: each direction waits for readability with no
+//! memory of its own, borrows a buffer from a small per-thread pool for as long as data flows,
+//! and returns it when the socket runs dry. Ten thousand idle RD Gateway channels (they idle for
+//! hours) then cost kernel socket memory and a task each, not 2 × 32 KiB each.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Large enough that a bulk transfer moves in few syscalls and that any UDP datagram fits;
+/// pooled, so its size costs nothing
+/// per idle connection or flow.
+const BUF_SIZE: usize = 64 * 1024;
+/// Buffers kept per worker thread; beyond it a returned buffer is freed.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(super) fn take_buf() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+pub(super) fn give_buf(buf: Box<[u8]>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(buf);
+        }
+    });
+}
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both sides closed their sending half.
+    Closed,
+    /// No byte either way for the idle timeout.
+    Idle,
+    /// A socket error (reset, broken pipe) on either side.
+    Error,
+    /// The daemon's hard-stop token fired (drain timeout over).
+    Cancelled,
+}
+
+/// Bytes moved each way.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Relayed {
+    pub to_backend: u64,
+    pub to_client: u64,
+}
+
+/// Relays until both directions are closed, the idle timeout passes, an error occurs or
+/// `cancel` fires. Half-close is passed on: EOF from one side becomes a write shutdown on the
+/// other, and the reverse direction keeps flowing.
+pub async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Duration,
+    to_backend: &IntCounter,
+    to_client: &IntCounter,
+    cancel: &CancellationToken,
+) -> (RelayEnd, Relayed) {
+    let base = Instant::now();
+    let last = AtomicU64::new(0);
+    let up = pump(client, backend, to_backend, &last, base);
+    let down = pump(backend, client, to_client, &last, base);
+    tokio::pin!(up, down);
+    let mut moved = Relayed::default();
+    let (mut up_done, mut down_done) = (false, false);
+    let idle_sleep = tokio::time::sleep(idle);
+    tokio::pin!(idle_sleep);
+    let end = loop {
+        tokio::select! {
+            r = &mut up, if !up_done => {
+                up_done = true;
+                match r {
+                    Ok(n) => moved.to_backend = n,
+                    Err(_) => break RelayEnd::Error,
+                }
+            }
+            r = &mut down, if !down_done => {
+                down_done = true;
+                match r {
+                    Ok(n) => moved.to_client = n,
+                    Err(_) => break RelayEnd::Error,
+                }
+            }
+            _ = &mut idle_sleep => {
+                let last_at = base + Duration::from_millis(last.load(Ordering::Relaxed));
+                if last_at.elapsed() >= idle {
+                    break RelayEnd::Idle;
+                }
+                idle_sleep.as_mut().reset(last_at + idle);
+            }
+            _ = cancel.cancelled() => break RelayEnd::Cancelled,
+        }
+        if up_done && down_done {
+            break RelayEnd::Closed;
+        }
+    };
+    (end, moved)
+}
+
+/// Copies `src` to `dst` until EOF on `src`, then shuts down `dst`'s sending half.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    counter: &IntCounter,
+    last: &AtomicU64,
+    base: Instant,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        src.readable().await?;
+        let mut buf = take_buf();
+        let r = drain(src, dst, &mut buf, counter, last, base, &mut total).await;
+        give_buf(buf);
+        match r {
+            Ok(true) => {
+                // Peer finished sending: pass the FIN on. ENOTCONN means the other side is
+                // already fully closed, which is fine.
+                let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+                return Ok(total);
+            }
+            Ok(false) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Moves what `src` has buffered; `Ok(true)` on EOF, `Ok(false)` when `src` ran dry.
+async fn drain(
+    src: &TcpStream,
+    dst: &TcpStream,
+    buf: &mut [u8],
+    counter: &IntCounter,
+    last: &AtomicU64,
+    base: Instant,
+    total: &mut u64,
+) -> io::Result<bool> {
+    loop {
+        match src.try_read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                write_all(dst, &buf[..n]).await?;
+                *total += n as u64;
+                counter.inc_by(n as u64);
+                last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

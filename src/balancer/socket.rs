@@ -1,0 +1,82 @@
+//! Socket set-up shared by the listeners and connectors.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+/// Binds a TCP listener the way a VIP balancer needs it: `SO_REUSEADDR` so a restart does not
+/// wait for TIME_WAIT, and `IP_FREEBIND` so the listener can be bound to the VIP before the VIP
+/// is on an interface (the standby node, or the master before VRRP settles), without writing
+/// `net.ipv4.ip_nonlocal_bind` (which a hardened systemd unit cannot).
+pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    set_freebind(&sock, addr)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// Binds a UDP service socket (same options as [`bind_tcp`]).
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    sock.set_reuse_address(true)?;
+    set_freebind(&sock, addr)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    // Bursts of screen updates arrive faster than one task drains them at times; a larger
+    // buffer trades memory for fewer drops. The kernel caps it at rmem_max silently.
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    sock.bind(&addr.into())?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+fn set_freebind(sock: &Socket, addr: SocketAddr) -> io::Result<()> {
+    if addr.is_ipv6() {
+        sock.set_freebind_v6(true)
+    } else {
+        sock.set_freebind_v4(true)
+    }
+}
+
+/// Options on every proxied TCP socket: no Nagle (RDP is interactive) and keepalive, so a
+/// client that vanished without a FIN is noticed long before the 4 h idle timeout.
+pub fn tune_stream(stream: &tokio::net::TcpStream) {
+    let sock = SockRef::from(stream);
+    let _ = sock.set_tcp_nodelay(true);
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = sock.set_tcp_keepalive(&ka);
+}
+
+/// Raises the soft open-file limit to the hard limit: every proxied connection costs two
+/// descriptors, and the default soft limit (1024) would cap Portico at ~500 clients.
+/// Returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}

@@ -1,0 +1,188 @@
+//! TCP services: accept, choose, connect with retry, relay.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn, Instrument};
+
+use super::copy::{relay, RelayEnd};
+use super::socket::tune_stream;
+use crate::metrics::{BackendCounters, ConnectFailure};
+use crate::snapshot::{Choice, Snapshot};
+
+/// How long accepting pauses after the process ran out of descriptors: long enough for
+/// connections to close, short enough that clients mostly see a slow accept, not a refusal.
+const EMFILE_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts on `listener` for service `service` (index `hint` in the snapshot) until
+/// `accept_stop` fires; every connection is spawned on `tracker` and relays until it ends or
+/// `hard_stop` fires.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    service: Arc<str>,
+    hint: usize,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    accept_stop: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = accept_stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let span =
+                    tracing::debug_span!("balancer.conn", service = %service, client = %peer);
+                let fut = handle(
+                    stream,
+                    peer,
+                    service.clone(),
+                    hint,
+                    snapshot.clone(),
+                    hard_stop.clone(),
+                );
+                tracker.spawn(fut.instrument(span));
+            }
+            Err(e) => {
+                let snap = snapshot.load();
+                let emfile = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+                if let Some(svc) = snap.service(hint, &service) {
+                    if emfile {
+                        svc.counters.accept_emfile.inc();
+                    } else {
+                        svc.counters.accept_other.inc();
+                    }
+                }
+                if emfile {
+                    warn!(service = %service, "out of file descriptors: accept paused");
+                    tokio::time::sleep(EMFILE_BACKOFF).await;
+                } else if !is_transient(&e) {
+                    warn!(service = %service, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Errors that concern one aborted connection, not the listener.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+struct Connected {
+    stream: TcpStream,
+    backend: Arc<str>,
+    counters: BackendCounters,
+}
+
+async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    service: Arc<str>,
+    hint: usize,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    hard_stop: CancellationToken,
+) {
+    // The snapshot is held only while choosing and connecting: a relay can last hours, and
+    // holding it would keep every old generation (and its Maglev tables) alive that long.
+    let snap = snapshot.load_full();
+    let Some(svc) = snap.service(hint, &service) else {
+        return;
+    };
+    let counters = svc.counters.clone();
+    counters.accepted.inc();
+    counters.active.inc();
+    let idle = svc.idle_timeout;
+    tune_stream(&client);
+    let connected = connect(&snap, svc, peer).await;
+    drop(snap);
+    if let Some(c) = connected {
+        c.counters.connections.inc();
+        c.counters.active.inc();
+        let (end, moved) = relay(
+            &client,
+            &c.stream,
+            idle,
+            &c.counters.bytes_to_backend,
+            &c.counters.bytes_to_client,
+            &hard_stop,
+        )
+        .await;
+        c.counters.active.dec();
+        debug!(backend = %c.backend, ?end, to_backend = moved.to_backend, to_client = moved.to_client, "closed");
+        if end == RelayEnd::Cancelled {
+            debug!("closed by shutdown after the drain timeout");
+        }
+    }
+    counters.active.dec();
+}
+
+/// The first choice, then the client's fallbacks, up to `connect_attempts` in all.
+async fn connect(
+    snap: &Snapshot,
+    svc: &crate::snapshot::ServiceView,
+    peer: SocketAddr,
+) -> Option<Connected> {
+    let now = std::time::Instant::now();
+    let choice = Choice::decide(snap, svc, peer.ip(), now);
+    let Some(first) = choice.first else {
+        svc.counters.no_backend.inc();
+        debug!("no eligible backend");
+        return None;
+    };
+    let pool = choice.pool();
+    let attempts = svc.connect_attempts.get() as usize;
+    for (n, idx) in std::iter::once(first)
+        .chain(choice.fallbacks())
+        .take(attempts)
+        .enumerate()
+    {
+        if n > 0 {
+            svc.counters.retries.inc();
+        }
+        let b = &pool.backends[idx];
+        let counters = &svc.backend_counters[idx];
+        let addr = b.socket_addr(svc.backend_port);
+        let t0 = Instant::now();
+        let failure = match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(stream)) => {
+                counters
+                    .connect_duration
+                    .observe(t0.elapsed().as_secs_f64());
+                tune_stream(&stream);
+                if !choice.pinned || idx != first {
+                    svc.group.table.insert(choice.key, b.id, now);
+                }
+                debug!(backend = %b.name, %addr, attempt = n + 1, pinned = choice.pinned, "connected");
+                return Some(Connected {
+                    stream,
+                    backend: b.name.clone(),
+                    counters: counters.clone(),
+                });
+            }
+            Ok(Err(e)) => ConnectFailure::from_io(&e),
+            Err(_) => ConnectFailure::Timeout,
+        };
+        counters.connect_failure(failure).inc();
+        debug!(backend = %b.name, %addr, attempt = n + 1, reason = failure.as_str(), "connect failed");
+    }
+    svc.counters.connect_failed.inc();
+    None
+}

@@ -1,0 +1,300 @@
+//! The data plane on real loopback sockets: TLS clients from distinct source addresses
+//! (127.0.0.2..) through the balancer to gateway stand-ins that answer with their own name.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn start(backends: &[(&str, std::net::SocketAddr, u32)]) -> portico::daemon::Running {
+    portico::daemon::start(config(backends))
+        .await
+        .expect("daemon starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_sticks_to_one_gateway_and_sources_spread_evenly() {
+    let gws = gateways(&["web01", "web02", "web03"]).await;
+    let d = start(&[
+        ("web01", gws[0].addr, 1),
+        ("web02", gws[1].addr, 1),
+        ("web03", gws[2].addr, 1),
+    ])
+    .await;
+    let vip = d.local_addr("rdgw-https").unwrap();
+
+    // Stickiness: 20 connections from each of 5 sources, each source always the same gateway.
+    for n in 2..7u8 {
+        let first = which_gateway(source(n), vip).await.unwrap();
+        for _ in 1..20 {
+            assert_eq!(
+                which_gateway(source(n), vip).await.unwrap(),
+                first,
+                "source {n} moved"
+            );
+        }
+    }
+    // Spread: 60 sources over 3 equal gateways, each within ±50% of a third.
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for n in 2..62u8 {
+        *count
+            .entry(which_gateway(source(n), vip).await.unwrap())
+            .or_default() += 1;
+    }
+    for g in ["web01", "web02", "web03"] {
+        let c = count.get(g).copied().unwrap_or(0);
+        assert!(
+            (10..=30).contains(&c),
+            "{g} got {c} of 60 sources: {count:?}"
+        );
+    }
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_two_gets_about_twice_the_share() {
+    let gws = gateways(&["web01", "web02", "web03"]).await;
+    let d = start(&[
+        ("web01", gws[0].addr, 1),
+        ("web02", gws[1].addr, 2),
+        ("web03", gws[2].addr, 1),
+    ])
+    .await;
+    let vip = d.local_addr("rdgw-https").unwrap();
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for n in 2..=241u8 {
+        *count
+            .entry(which_gateway(source(n), vip).await.unwrap())
+            .or_default() += 1;
+    }
+    let heavy = count["web02"] as f64;
+    let light = (count["web01"] + count["web03"]) as f64 / 2.0;
+    let ratio = heavy / light;
+    assert!(
+        (1.5..=2.7).contains(&ratio),
+        "weight-2 share ratio {ratio:.2}: {count:?}"
+    );
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_udp_flow_reaches_the_gateway_of_its_tcp_channels() {
+    let gws = gateways(&["web01", "web02", "web03"]).await;
+    let d = start(&[
+        ("web01", gws[0].addr, 1),
+        ("web02", gws[1].addr, 1),
+        ("web03", gws[2].addr, 1),
+    ])
+    .await;
+    let vip = d.local_addr("rdgw-https").unwrap();
+    let udp = d.local_addr("rdgw-udp").unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for n in 2..32u8 {
+        // Half the clients open TCP first, half UDP first: the meeting must not depend on order.
+        let (tcp_gw, udp_gw) = if n % 2 == 0 {
+            let t = which_gateway(source(n), vip).await.unwrap();
+            (t, udp_which(source(n), udp).await.unwrap())
+        } else {
+            let u = udp_which(source(n), udp).await.unwrap();
+            (which_gateway(source(n), vip).await.unwrap(), u)
+        };
+        assert_eq!(
+            tcp_gw, udp_gw,
+            "source {n}: TCP on {tcp_gw}, UDP on {udp_gw}"
+        );
+        seen.insert(tcp_gw);
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "30 clients should use every gateway: {seen:?}"
+    );
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_clients_retry_elsewhere_and_other_connections_live_on() {
+    let gws = gateways(&["web01", "web02", "web03"]).await;
+    let d = start(&[
+        ("web01", gws[0].addr, 1),
+        ("web02", gws[1].addr, 1),
+        ("web03", gws[2].addr, 1),
+    ])
+    .await;
+    let vip = d.local_addr("rdgw-https").unwrap();
+
+    // 30 clients with a kept-alive channel each.
+    let mut chans = Vec::new();
+    for n in 2..32u8 {
+        let mut tls = tls_from(source(n), vip).await.unwrap();
+        let gw = ask(&mut tls).await.unwrap();
+        chans.push((n, gw, tls));
+    }
+    let victim = "web02";
+    let victims: Vec<u8> = chans
+        .iter()
+        .filter(|c| c.1 == victim)
+        .map(|c| c.0)
+        .collect();
+    assert!(!victims.is_empty(), "some client must be on {victim}");
+    gws[1].kill().await;
+
+    // Established channels on the other gateways are untouched.
+    for (n, gw, tls) in chans.iter_mut().filter(|c| c.1 != victim) {
+        assert_eq!(&ask(tls).await.unwrap(), gw, "client {n} lost its channel");
+    }
+    // The victim's clients reconnect and land on a live gateway, consistently.
+    for &n in &victims {
+        let now = which_gateway(source(n), vip).await.expect("retry succeeds");
+        assert_ne!(now, victim);
+        assert_eq!(
+            which_gateway(source(n), vip).await.unwrap(),
+            now,
+            "client {n} should stay put"
+        );
+    }
+    let m = scrape(d.metrics_addr.unwrap()).await;
+    let retries = metric(&m, "portico_connect_retries_total{service=\"rdgw-https\"}");
+    let refused =
+        metric(&m, "portico_backend_connect_failures_total{backend=\"web02\",reason=\"refused\",service=\"rdgw-https\"}");
+    assert!(
+        retries >= victims.len() as f64,
+        "retries {retries} < {}",
+        victims.len()
+    );
+    assert!(refused >= victims.len() as f64, "refused {refused}");
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_concurrent_connections_all_complete() {
+    portico::balancer::raise_nofile_limit().unwrap();
+    let gws = gateways(&["web01", "web02", "web03"]).await;
+    let d = start(&[
+        ("web01", gws[0].addr, 1),
+        ("web02", gws[1].addr, 1),
+        ("web03", gws[2].addr, 1),
+    ])
+    .await;
+    let vip = d.local_addr("rdgw-https").unwrap();
+    const N: usize = 2000;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let from = source(2 + (i % 250) as u8);
+            let mut tls = tls_from(from, vip).await?;
+            // Every connection is open through the balancer at once before any finishes.
+            barrier.wait().await;
+            ask(&mut tls).await
+        }));
+    }
+    let mut ok = 0;
+    let all = async {
+        for t in tasks {
+            if matches!(t.await, Ok(Ok(_))) {
+                ok += 1;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .expect("2000 connections within 120 s");
+    assert_eq!(ok, N);
+    let m = scrape(d.metrics_addr.unwrap()).await;
+    assert_eq!(
+        metric(
+            &m,
+            "portico_connections_accepted_total{service=\"rdgw-https\"}"
+        ),
+        N as f64
+    );
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_at_the_idle_timeout() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let baddr = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = backend.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = config(&[("web01", baddr, 1)]);
+    cfg.services[0].idle_timeout = Duration::from_millis(700);
+    let d = portico::daemon::start(cfg).await.unwrap();
+    let mut c = tcp_from(source(2), d.local_addr("rdgw-https").unwrap())
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "expected EOF");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600),
+        "closed too early: {waited:?}"
+    );
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_lets_open_connections_finish() {
+    let gws = gateways(&["web01"]).await;
+    let d = start(&[("web01", gws[0].addr, 1)]).await;
+    let vip = d.local_addr("rdgw-https").unwrap();
+    let mut open = tls_from(source(2), vip).await.unwrap();
+    assert_eq!(ask(&mut open).await.unwrap(), "web01");
+    let stopping = tokio::spawn(d.shutdown(Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tcp_from(source(3), vip).await.is_err(),
+        "a stopping balancer must not accept"
+    );
+    // The open connection still works during the drain, then closes; the drain ends with it.
+    assert_eq!(ask(&mut open).await.unwrap(), "web01");
+    open.shutdown().await.unwrap();
+    drop(open);
+    let left = tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("drain ends")
+        .unwrap();
+    assert_eq!(left, 0, "nothing should be cut by the drain timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_eligible_backend_is_counted_not_hung() {
+    let gws = gateways(&["web01"]).await;
+    let d = start(&[("web01", gws[0].addr, 1)]).await;
+    d.controller
+        .set_admin("web01", portico::snapshot::AdminState::Disabled)
+        .unwrap();
+    let vip = d.local_addr("rdgw-https").unwrap();
+    let mut c = tcp_from(source(2), vip).await.unwrap();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut b))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let m = scrape(d.metrics_addr.unwrap()).await;
+    assert_eq!(
+        metric(
+            &m,
+            "portico_connections_failed_total{reason=\"no_backend\",service=\"rdgw-https\"}"
+        ),
+        1.0
+    );
+    let _ = c.write_all(b"x").await;
+    d.shutdown(Duration::from_secs(1)).await;
+}
