@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# PORTICO_CMD for ../shared/bench/l4bench.sh: writes a Portico config for the harness's
+# listener and backends into its scratch dir and runs the release binary on it.
+#   cargo build --release && PORTICO_CMD=benches/l4bench-portico.sh ../shared/bench/l4bench.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+: "${PORTICO_LISTEN:?set by l4bench.sh}" "${PORTICO_BACKENDS:?set by l4bench.sh}" "${PORTICO_WORKDIR:?set by l4bench.sh}"
+cfg=$PORTICO_WORKDIR/portico.toml
+{
+  echo '[node]'
+  echo 'name = "bench"'
+  echo
+  echo '[[service]]'
+  echo 'name = "bench"'
+  echo "listen = \"$PORTICO_LISTEN\""
+  echo 'pool = "backends"'
+  echo
+  echo '[pool.backends]'
+  echo 'backends = ['
+  i=0
+  IFS=, read -ra bes <<< "$PORTICO_BACKENDS"
+  for be in "${bes[@]}"; do
+    i=$((i + 1))
+    echo "  { name = \"be$i\", address = \"$be\" },"
+  done
+  echo ']'
+  echo
+  echo '[metrics]'
+  echo 'listen = "off"'
+  echo
+  echo '[admin]'
+  echo "socket = \"$PORTICO_WORKDIR/admin.sock\""
+} > "$cfg"
+exec "$here/target/release/portico" run --config "$cfg" --workers "${PORTICO_WORKERS:-2}"
