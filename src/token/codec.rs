@@ -461,17 +461,13 @@ const REDACT_PREFIX_CHARS: usize = 24;
 pub fn redact(token: &str) -> String {
     let head_end = token.find(SIGNATURE_MARKER).unwrap_or(token.len());
     let mut prefix = String::new();
-    let mut shown = 0usize;
-    for ch in token.get(..head_end).unwrap_or("").chars() {
-        if shown == REDACT_PREFIX_CHARS {
-            break;
-        }
+    let head = token.get(..head_end).unwrap_or("");
+    for ch in head.chars().take(REDACT_PREFIX_CHARS) {
         if is_token_char(ch) {
             prefix.push(ch);
         } else {
             prefix.push_str(&format!("\\u{{{:04X}}}", u32::from(ch)));
         }
-        shown += 1;
     }
     let total = token.chars().count();
     let expiry = token

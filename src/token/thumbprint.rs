@@ -243,7 +243,7 @@ mod tests {
         );
         // Position counts characters, not bytes: a multi-byte character before still counts 1.
         assert!(matches!(
-            format!("\u{200E}\u{200E}").parse::<Thumbprint>(),
+            "\u{200E}\u{200E}".parse::<Thumbprint>(),
             Err(ThumbprintError::BadCharacter { position: 1, .. })
         ));
     }
