@@ -35,7 +35,7 @@ const SIGNATURE_MARKER: &str = "&Signature=";
 const MAX_EXPIRES_ON: u64 = 999_999_999_999;
 
 /// RSA signature padding. VMM signs through a CAPI provider, which cannot do PSS, so PKCS#1 v1.5
-/// is the default; DevTest Labs' second token factory uses PSS (PROTOCOLS.md §5.1, [D]).
+/// is the default; DevTest Labs' second token factory uses PSS (PROTOCOLS.md §5.1: the sources disagree).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Padding {
     /// RSASSA-PKCS1-v1_5.

@@ -21,7 +21,7 @@ pub enum PaddingPolicy {
     /// PSS only.
     Pss,
     /// Either (tries PKCS#1 v1.5 first): the simulator's default, since which one the real
-    /// plug-in accepts is not public (PROTOCOLS.md §5.1 [D]).
+    /// plug-in accepts is not public (PROTOCOLS.md §5.1: the sources disagree).
     #[default]
     Either,
 }
