@@ -18,6 +18,8 @@
 //! - [`controller`]: owns the current snapshot, applies config, health and admin changes.
 //! - [`balancer`]: TCP and UDP listeners, connect with retry, byte copying, drain on shutdown.
 //! - [`metrics`]: the Prometheus registry, every metric name, and the `/metrics` listener.
+//! - [`token`]: the VMM console-connect token (pure): mint and sign it as VMM does, verify it
+//!   step by step as the FedAuth gateway plug-in does, redact it for logs, write the .rdp file.
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
@@ -32,3 +34,4 @@ pub mod lab;
 pub mod maglev;
 pub mod metrics;
 pub mod snapshot;
+pub mod token;
