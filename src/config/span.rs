@@ -44,6 +44,13 @@ impl FieldPath {
         FieldPath(segments)
     }
 
+    /// The enclosing path (the root's parent is the root).
+    pub fn parent(&self) -> Self {
+        let mut segments = self.0.clone();
+        segments.pop();
+        FieldPath(segments)
+    }
+
     /// The steps, outermost first.
     pub fn segments(&self) -> &[Segment] {
         &self.0
@@ -218,8 +225,14 @@ mod tests {
             .index(0)
             .key("weight");
         assert_eq!(p.to_string(), "pool.gateways.backends[0].weight");
-        assert_eq!(FieldPath::root().key("service").index(1).to_string(), "service[1]");
-        assert_eq!(FieldPath::root().key("pool").key("a.b").to_string(), "pool.\"a.b\"");
+        assert_eq!(
+            FieldPath::root().key("service").index(1).to_string(),
+            "service[1]"
+        );
+        assert_eq!(
+            FieldPath::root().key("pool").key("a.b").to_string(),
+            "pool.\"a.b\""
+        );
     }
 
     #[test]

@@ -33,10 +33,7 @@ const MAX_SOCKET_PATH: usize = 107;
 const MAX_IFNAME: usize = 15;
 
 /// Runs all three phases (see the module docs of `config`).
-pub(super) fn check(
-    text: &str,
-    source: &Path,
-) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+pub(super) fn check(text: &str, source: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
         let mut diagnostics: Vec<Diagnostic> = syntax_errors
@@ -70,6 +67,9 @@ pub(super) fn check(
     // Phase 2: shape. Retry after cutting out each offending entry.
     let mut working = root.clone();
     let mut removed: Vec<FieldPath> = Vec::new();
+    // For a misspelt key with an obvious intended spelling, "the intended key is missing"
+    // would only repeat the unknown-field error.
+    let mut misspelt: Vec<FieldPath> = Vec::new();
     let raw = loop {
         let de = toml::Deserializer::from(toml::Spanned::new(doc_span.clone(), working.clone()));
         match serde_path_to_error::deserialize::<_, RawConfig>(de) {
@@ -82,6 +82,9 @@ pub(super) fn check(
                     .unwrap_or_else(|| span::locate(&root, &path))
                     .start;
                 report.push_error_at_offset(&path, at, humanize_serde(inner.message()));
+                if let Some(near) = unknown_field_suggestion(inner.message()) {
+                    misspelt.push(path.parent().key(near));
+                }
                 match span::remove(&mut working, &path) {
                     Some(cut) if report.errors.len() < MAX_SHAPE_ERRORS => removed.push(cut),
                     // Nothing left to cut (or too many errors): the shape errors so far are
@@ -101,7 +104,8 @@ pub(super) fn check(
         report.errors.extend(
             semantic
                 .into_iter()
-                .filter(|(path, _)| !removed.iter().any(|cut| path.starts_with(cut))),
+                .filter(|(path, _)| !removed.iter().any(|cut| path.starts_with(cut)))
+                .filter(|(path, _)| !misspelt.contains(path)),
         );
         config
     });
@@ -122,22 +126,33 @@ fn sort(diagnostics: &mut [Diagnostic]) {
     diagnostics.sort_by_key(|d| (d.line, d.column));
 }
 
+/// serde's unknown-field message: the unknown key and the keys the table takes.
+fn unknown_field_names(message: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = message.strip_prefix("unknown field ")?;
+    let names: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let (unknown, expected) = names.split_first()?;
+    Some((unknown, expected.to_vec()))
+}
+
+/// The key an unknown key was probably meant to be.
+fn unknown_field_suggestion(message: &str) -> Option<&str> {
+    let (unknown, expected) = unknown_field_names(message)?;
+    closest(unknown, &expected)
+}
+
 /// Makes serde's messages read like the rest: keys and types in TOML words, not Rust's.
 fn humanize_serde(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("unknown field ") {
-        let names: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
-        if let Some((unknown, expected)) = names.split_first() {
-            let mut out = format!("unknown field \"{unknown}\"");
-            if expected.is_empty() {
-                out.push_str(", this table takes no fields");
-            } else {
-                out.push_str(&format!(", expected one of: {}", expected.join(", ")));
-                if let Some(near) = closest(unknown, expected) {
-                    out.push_str(&format!(" (did you mean \"{near}\"?)"));
-                }
+    if let Some((unknown, expected)) = unknown_field_names(message) {
+        let mut out = format!("unknown field \"{unknown}\"");
+        if expected.is_empty() {
+            out.push_str(", this table takes no fields");
+        } else {
+            out.push_str(&format!(", expected one of: {}", expected.join(", ")));
+            if let Some(near) = closest(unknown, &expected) {
+                out.push_str(&format!(" (did you mean \"{near}\"?)"));
             }
-            return out;
         }
+        return out;
     }
     if let Some(rest) = message.strip_prefix("invalid type: ") {
         if let Some((found, expected)) = rest.rsplit_once(", expected ") {
@@ -263,7 +278,14 @@ impl Report<'_> {
     }
 
     /// An integer in `min..=max`, `default` when absent.
-    fn int(&mut self, path: &FieldPath, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+    fn int(
+        &mut self,
+        path: &FieldPath,
+        value: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> i64 {
         match value {
             None => default,
             Some(v) if v < min || v > max => {
@@ -274,12 +296,32 @@ impl Report<'_> {
         }
     }
 
-    fn u64(&mut self, path: &FieldPath, value: Option<i64>, default: u64, min: u64, max: u64) -> u64 {
-        let v = self.int(path, value, clamp_i64(default), clamp_i64(min), clamp_i64(max));
+    fn u64(
+        &mut self,
+        path: &FieldPath,
+        value: Option<i64>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        let v = self.int(
+            path,
+            value,
+            clamp_i64(default),
+            clamp_i64(min),
+            clamp_i64(max),
+        );
         u64::try_from(v).unwrap_or(default)
     }
 
-    fn u32(&mut self, path: &FieldPath, value: Option<i64>, default: u32, min: u32, max: u32) -> u32 {
+    fn u32(
+        &mut self,
+        path: &FieldPath,
+        value: Option<i64>,
+        default: u32,
+        min: u32,
+        max: u32,
+    ) -> u32 {
         let v = self.int(path, value, default.into(), min.into(), max.into());
         u32::try_from(v).unwrap_or(default)
     }
@@ -294,7 +336,13 @@ impl Report<'_> {
         u16::try_from(v).unwrap_or(default)
     }
 
-    fn nonzero(&mut self, path: &FieldPath, value: Option<i64>, default: u32, max: u32) -> NonZeroU32 {
+    fn nonzero(
+        &mut self,
+        path: &FieldPath,
+        value: Option<i64>,
+        default: u32,
+        max: u32,
+    ) -> NonZeroU32 {
         let v = self.u32(path, value, default, 1, max);
         NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN)
     }
@@ -371,7 +419,7 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
 fn node(raw: Option<RawNode>, p: &FieldPath, r: &mut Report<'_>) -> Node {
     let Some(raw) = raw else {
         r.error(
-            &p.key("name"),
+            p,
             "missing [node] table with a name: every node needs one (it labels logs and metrics)",
         );
         return Node {
@@ -430,9 +478,10 @@ fn vip(raw: RawVip, node: &Node, root: &FieldPath, r: &mut Report<'_>) -> Option
     let mut addresses = Vec::new();
     match raw.addresses {
         None => r.error(&ap, "missing; [vip] needs the addresses Portico owns"),
-        Some(list) if list.is_empty() => {
-            r.error(&ap, "must list at least one address; remove [vip] if Portico owns none")
-        }
+        Some(list) if list.is_empty() => r.error(
+            &ap,
+            "must list at least one address; remove [vip] if Portico owns none",
+        ),
         Some(list) => {
             let mut seen: HashMap<IpAddr, usize> = HashMap::new();
             for (i, text) in list.iter().enumerate() {
@@ -443,7 +492,10 @@ fn vip(raw: RawVip, node: &Node, root: &FieldPath, r: &mut Report<'_>) -> Option
                         if let Some(first) = seen.insert(prefix.addr, i) {
                             r.error(
                                 &path,
-                                format!("{} is listed twice (also addresses[{first}])", prefix.addr),
+                                format!(
+                                    "{} is listed twice (also addresses[{first}])",
+                                    prefix.addr
+                                ),
                             );
                         }
                         addresses.push(prefix);
@@ -567,7 +619,10 @@ fn protocol(raw: Option<String>, path: &FieldPath, r: &mut Report<'_>) -> Protoc
         "tcp" => Protocol::Tcp,
         "udp" => Protocol::Udp,
         other => {
-            r.error(path, format!("unknown protocol \"{other}\", expected one of: tcp, udp"));
+            r.error(
+                path,
+                format!("unknown protocol \"{other}\", expected one of: tcp, udp"),
+            );
             Protocol::Tcp
         }
     }
@@ -587,7 +642,11 @@ fn services(
     let mut names: HashMap<String, usize> = HashMap::new();
     for (i, s) in raw.into_iter().enumerate() {
         let sp = p.index(i);
-        let name = r.required_str(&sp.key("name"), s.name, "it names the service in logs and metrics");
+        let name = r.required_str(
+            &sp.key("name"),
+            s.name,
+            "it names the service in logs and metrics",
+        );
         if !name.is_empty() {
             if let Some(first) = names.get(&name) {
                 let line = r.line(&p.index(*first).key("name"));
@@ -600,14 +659,22 @@ fn services(
             }
         }
         let protocol = protocol(s.protocol, &sp.key("protocol"), r);
-        let listen_text = r.required_str(&sp.key("listen"), s.listen, "the address and port clients connect to");
+        let listen_text = r.required_str(
+            &sp.key("listen"),
+            s.listen,
+            "the address and port clients connect to",
+        );
         let listen = if listen_text.is_empty() {
             None
         } else {
             r.socket_addr(&sp.key("listen"), &listen_text)
         };
         let listen = listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let pool = r.required_str(&sp.key("pool"), s.pool, "the pool of backends this service spreads over");
+        let pool = r.required_str(
+            &sp.key("pool"),
+            s.pool,
+            "the pool of backends this service spreads over",
+        );
         if !pool.is_empty() && !pool_names.contains(&pool) {
             let known: Vec<&str> = pool_names.iter().map(String::as_str).collect();
             let known = if known.is_empty() {
@@ -615,7 +682,10 @@ fn services(
             } else {
                 format!("defined pools: {}", known.join(", "))
             };
-            r.error(&sp.key("pool"), format!("no pool named \"{pool}\" ({known})"));
+            r.error(
+                &sp.key("pool"),
+                format!("no pool named \"{pool}\" ({known})"),
+            );
         }
         let default_port = if listen.port() == 0 { 1 } else { listen.port() };
         let backend_port = r.port(&sp.key("backend_port"), s.backend_port, default_port);
@@ -634,7 +704,10 @@ fn services(
             if *set {
                 r.warn(
                     &sp.key(key),
-                    format!("ignored: {key} does not apply to {} services", protocol.as_str()),
+                    format!(
+                        "ignored: {key} does not apply to {} services",
+                        protocol.as_str()
+                    ),
                 );
             }
         }
@@ -656,7 +729,13 @@ fn services(
             Protocol::Tcp => d::TCP_IDLE_TIMEOUT_S,
             Protocol::Udp => d::UDP_IDLE_TIMEOUT_S,
         };
-        let idle = r.u64(&sp.key("idle_timeout_s"), s.idle_timeout_s, idle_default, 1, 30 * 86_400);
+        let idle = r.u64(
+            &sp.key("idle_timeout_s"),
+            s.idle_timeout_s,
+            idle_default,
+            1,
+            30 * 86_400,
+        );
         let backlog = r.u32(&sp.key("backlog"), s.backlog, d::BACKLOG, 1, 65_535);
         let max_flows = r.u64(
             &sp.key("max_flows"),
@@ -690,12 +769,27 @@ fn affinity(raw: Option<RawAffinity>, pool: &str, p: &FieldPath, r: &mut Report<
         if key != d::AFFINITY_KEY {
             r.error(
                 &p.key("key"),
-                format!("unknown affinity key \"{key}\", expected one of: {}", d::AFFINITY_KEY),
+                format!(
+                    "unknown affinity key \"{key}\", expected one of: {}",
+                    d::AFFINITY_KEY
+                ),
             );
         }
     }
-    let ipv4_prefix = r.u8(&p.key("ipv4_prefix"), raw.ipv4_prefix, d::AFFINITY_IPV4_PREFIX, 0, 32);
-    let ipv6_prefix = r.u8(&p.key("ipv6_prefix"), raw.ipv6_prefix, d::AFFINITY_IPV6_PREFIX, 0, 128);
+    let ipv4_prefix = r.u8(
+        &p.key("ipv4_prefix"),
+        raw.ipv4_prefix,
+        d::AFFINITY_IPV4_PREFIX,
+        0,
+        32,
+    );
+    let ipv6_prefix = r.u8(
+        &p.key("ipv6_prefix"),
+        raw.ipv6_prefix,
+        d::AFFINITY_IPV6_PREFIX,
+        0,
+        128,
+    );
     let idle = r.u64(
         &p.key("idle_timeout_s"),
         raw.idle_timeout_s,
@@ -712,7 +806,10 @@ fn affinity(raw: Option<RawAffinity>, pool: &str, p: &FieldPath, r: &mut Report<
     );
     let group = match raw.group {
         Some(g) if g.trim().is_empty() => {
-            r.error(&p.key("group"), "must not be empty; leave it out to use the pool name");
+            r.error(
+                &p.key("group"),
+                "must not be empty; leave it out to use the pool name",
+            );
             pool.to_owned()
         }
         Some(g) => g,
@@ -754,14 +851,26 @@ fn affinity_groups(services: &[Service], p: &FieldPath, r: &mut Report<'_>) {
         }
         let (a, b) = (&s.affinity, &first.affinity);
         let differing: [(&str, bool, String); 4] = [
-            ("ipv4_prefix", a.ipv4_prefix != b.ipv4_prefix, b.ipv4_prefix.to_string()),
-            ("ipv6_prefix", a.ipv6_prefix != b.ipv6_prefix, b.ipv6_prefix.to_string()),
+            (
+                "ipv4_prefix",
+                a.ipv4_prefix != b.ipv4_prefix,
+                b.ipv4_prefix.to_string(),
+            ),
+            (
+                "ipv6_prefix",
+                a.ipv6_prefix != b.ipv6_prefix,
+                b.ipv6_prefix.to_string(),
+            ),
             (
                 "idle_timeout_s",
                 a.idle_timeout != b.idle_timeout,
                 b.idle_timeout.as_secs().to_string(),
             ),
-            ("max_entries", a.max_entries != b.max_entries, b.max_entries.to_string()),
+            (
+                "max_entries",
+                a.max_entries != b.max_entries,
+                b.max_entries.to_string(),
+            ),
         ];
         for (key, differs, theirs) in differing {
             if differs {
@@ -832,7 +941,11 @@ fn backends(raw: Option<Vec<RawBackend>>, p: &FieldPath, r: &mut Report<'_>) -> 
     let mut addresses: HashMap<(IpAddr, Option<u16>), usize> = HashMap::new();
     for (i, b) in raw.into_iter().enumerate() {
         let bp = p.index(i);
-        let name = r.required_str(&bp.key("name"), b.name, "it names the backend in logs, metrics and `portico ctl`");
+        let name = r.required_str(
+            &bp.key("name"),
+            b.name,
+            "it names the backend in logs, metrics and `portico ctl`",
+        );
         if !name.is_empty() {
             if let Some(first) = names.get(&name) {
                 let line = r.line(&p.index(*first));
@@ -844,7 +957,11 @@ fn backends(raw: Option<Vec<RawBackend>>, p: &FieldPath, r: &mut Report<'_>) -> 
                 names.insert(name.clone(), i);
             }
         }
-        let address_text = r.required_str(&bp.key("address"), b.address, "the backend's IP address, optionally with a port");
+        let address_text = r.required_str(
+            &bp.key("address"),
+            b.address,
+            "the backend's IP address, optionally with a port",
+        );
         let mut address = (IpAddr::from([0, 0, 0, 0]), None);
         if !address_text.is_empty() {
             match backend_address(&address_text) {
@@ -872,7 +989,12 @@ fn backends(raw: Option<Vec<RawBackend>>, p: &FieldPath, r: &mut Report<'_>) -> 
                 "must be between 1 and 1000, got 0; to take a backend out of rotation use `portico ctl drain` or `disable`",
             );
         }
-        let weight = r.nonzero(&weight_path, b.weight.filter(|w| *w != 0), d::BACKEND_WEIGHT, 1000);
+        let weight = r.nonzero(
+            &weight_path,
+            b.weight.filter(|w| *w != 0),
+            d::BACKEND_WEIGHT,
+            1000,
+        );
         out.push(Backend {
             name,
             address: address.0,
@@ -904,10 +1026,15 @@ fn table_size(raw: Option<i64>, backends: usize, p: &FieldPath, r: &mut Report<'
         if !is_prime(size) {
             r.error(
                 p,
-                format!("{size} is not prime: Maglev needs a prime table size (e.g. 65537, 655373)"),
+                format!(
+                    "{size} is not prime: Maglev needs a prime table size (e.g. 65537, 655373)"
+                ),
             );
         } else if usize::try_from(size).is_ok_and(|s| s < backends) {
-            r.error(p, format!("{size} is smaller than the pool's {backends} backends"));
+            r.error(
+                p,
+                format!("{size} is smaller than the pool's {backends} backends"),
+            );
         } else if size < d::TABLE_SIZE {
             r.warn(
                 p,
@@ -923,8 +1050,20 @@ fn table_size(raw: Option<i64>, backends: usize, p: &FieldPath, r: &mut Report<'
 
 fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
     let raw = raw.unwrap_or_default();
-    let interval = r.u64(&p.key("interval_ms"), raw.interval_ms, d::HEALTH_INTERVAL_MS, 1, 3_600_000);
-    let timeout = r.u64(&p.key("timeout_ms"), raw.timeout_ms, d::HEALTH_TIMEOUT_MS, 1, 3_600_000);
+    let interval = r.u64(
+        &p.key("interval_ms"),
+        raw.interval_ms,
+        d::HEALTH_INTERVAL_MS,
+        1,
+        3_600_000,
+    );
+    let timeout = r.u64(
+        &p.key("timeout_ms"),
+        raw.timeout_ms,
+        d::HEALTH_TIMEOUT_MS,
+        1,
+        3_600_000,
+    );
     if raw.timeout_ms.is_some_and(|t| t > 0) && timeout >= interval {
         r.warn(
             &p.key("timeout_ms"),
@@ -944,7 +1083,10 @@ fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
         .checks
         .unwrap_or_else(|| d::HEALTH_CHECKS.iter().map(|s| (*s).to_owned()).collect());
     if names.is_empty() {
-        r.error(&cp, "must name at least one check; [\"tcp\"] is a plain connect");
+        r.error(
+            &cp,
+            "must name at least one check; [\"tcp\"] is a plain connect",
+        );
     }
     let mut checks: Vec<CheckKind> = Vec::new();
     for (i, name) in names.iter().enumerate() {
@@ -1001,11 +1143,20 @@ fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
         );
         let ca_file = t.ca_file.map(|f| {
             if f.trim().is_empty() {
-                r.error(&tp.key("ca_file"), "must not be empty; leave it out to use the system roots");
+                r.error(
+                    &tp.key("ca_file"),
+                    "must not be empty; leave it out to use the system roots",
+                );
             }
             PathBuf::from(f)
         });
-        let min_days_left = r.u32(&tp.key("min_days_left"), t.min_days_left, d::TLS_MIN_DAYS_LEFT, 0, 3650);
+        let min_days_left = r.u32(
+            &tp.key("min_days_left"),
+            t.min_days_left,
+            d::TLS_MIN_DAYS_LEFT,
+            0,
+            3650,
+        );
         TlsCheck {
             server_name,
             ca_file,
@@ -1058,7 +1209,13 @@ fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
 
 fn balancer(raw: Option<RawBalancer>, p: &FieldPath, r: &mut Report<'_>) -> Balancer {
     let raw = raw.unwrap_or_default();
-    let drain = r.u64(&p.key("drain_timeout_s"), raw.drain_timeout_s, d::DRAIN_TIMEOUT_S, 0, 86_400);
+    let drain = r.u64(
+        &p.key("drain_timeout_s"),
+        raw.drain_timeout_s,
+        d::DRAIN_TIMEOUT_S,
+        0,
+        86_400,
+    );
     Balancer {
         drain_timeout: secs(drain),
     }
@@ -1102,10 +1259,14 @@ fn dns(raw: RawDns, p: &FieldPath, r: &mut Report<'_>) -> Dns {
     let lp = p.key("listen");
     let mut listen = Vec::new();
     match raw.listen {
-        None => r.error(&lp, "missing; the addresses the DNS server answers on, e.g. [\"192.0.2.10:53\"]"),
-        Some(list) if list.is_empty() => {
-            r.error(&lp, "must list at least one address; remove [dns] to run without DNS")
-        }
+        None => r.error(
+            &lp,
+            "missing; the addresses the DNS server answers on, e.g. [\"192.0.2.10:53\"]",
+        ),
+        Some(list) if list.is_empty() => r.error(
+            &lp,
+            "must list at least one address; remove [dns] to run without DNS",
+        ),
         Some(list) => {
             for (i, text) in list.iter().enumerate() {
                 if let Some(addr) = r.socket_addr(&lp.index(i), text) {
@@ -1119,7 +1280,11 @@ fn dns(raw: RawDns, p: &FieldPath, r: &mut Report<'_>) -> Dns {
         }
     }
     let zp = p.key("zone");
-    let zone_text = r.required_str(&zp, raw.zone, "the zone Portico answers for, e.g. \"rdgw.example.com.\"");
+    let zone_text = r.required_str(
+        &zp,
+        raw.zone,
+        "the zone Portico answers for, e.g. \"rdgw.example.com.\"",
+    );
     let zone = if zone_text.is_empty() {
         String::new()
     } else {
@@ -1164,7 +1329,10 @@ fn admin(raw: Option<RawAdmin>, p: &FieldPath, r: &mut Report<'_>) -> Admin {
     } else if socket.len() > MAX_SOCKET_PATH {
         r.error(
             &sp,
-            format!("{} bytes is too long for a Unix socket path (at most {MAX_SOCKET_PATH})", socket.len()),
+            format!(
+                "{} bytes is too long for a Unix socket path (at most {MAX_SOCKET_PATH})",
+                socket.len()
+            ),
         );
     }
     Admin {
@@ -1180,9 +1348,8 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         return false;
     }
     let (x, y) = (a.ip(), b.ip());
-    let covers = |wild: IpAddr, other: IpAddr| {
-        wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
-    };
+    let covers =
+        |wild: IpAddr, other: IpAddr| wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4());
     x == y || covers(x, y) || covers(y, x)
 }
 
@@ -1198,7 +1365,12 @@ fn listener_clashes(
     for (i, s) in services.iter().enumerate() {
         if s.listen.port() != 0 {
             let path = root.key("service").index(i).key("listen");
-            listeners.push((s.protocol, s.listen, format!("service \"{}\"", s.name), path));
+            listeners.push((
+                s.protocol,
+                s.listen,
+                format!("service \"{}\"", s.name),
+                path,
+            ));
         }
     }
     if let Some(dns) = dns {
@@ -1215,9 +1387,9 @@ fn listener_clashes(
     }
     let mut reported: BTreeSet<String> = BTreeSet::new();
     for (j, (proto, addr, _, path)) in listeners.iter().enumerate() {
-        let earlier = listeners[..j].iter().find(|(p2, a2, _, path2)| {
-            p2 == proto && overlaps(*addr, *a2) && path2 != path
-        });
+        let earlier = listeners[..j]
+            .iter()
+            .find(|(p2, a2, _, path2)| p2 == proto && overlaps(*addr, *a2) && path2 != path);
         if let Some((_, other_addr, who, other_path)) = earlier {
             // DNS pushes two entries per address; one message per field is enough.
             if reported.insert(path.to_string()) {
@@ -1257,15 +1429,24 @@ mod tests {
             })
         );
         assert!(ip_prefix("2001:db8::10/128").is_ok());
-        assert!(ip_prefix("192.0.2.10").unwrap_err().contains("no prefix length"));
+        assert!(ip_prefix("192.0.2.10")
+            .unwrap_err()
+            .contains("no prefix length"));
         assert!(ip_prefix("192.0.2.10/33").unwrap_err().contains("0..=32"));
-        assert!(ip_prefix("2001:db8::10/129").unwrap_err().contains("0..=128"));
-        assert!(ip_prefix("192.0.2.300/24").unwrap_err().contains("not an IPv4"));
+        assert!(ip_prefix("2001:db8::10/129")
+            .unwrap_err()
+            .contains("0..=128"));
+        assert!(ip_prefix("192.0.2.300/24")
+            .unwrap_err()
+            .contains("not an IPv4"));
     }
 
     #[test]
     fn zones() {
-        assert_eq!(dns_zone("RDGW.Example.com"), Ok("rdgw.example.com.".to_owned()));
+        assert_eq!(
+            dns_zone("RDGW.Example.com"),
+            Ok("rdgw.example.com.".to_owned())
+        );
         assert_eq!(dns_zone("lab.test."), Ok("lab.test.".to_owned()));
         assert!(dns_zone(".").is_err());
         assert!(dns_zone("a..b").unwrap_err().contains("empty label"));
@@ -1276,7 +1457,10 @@ mod tests {
 
     #[test]
     fn backend_addresses() {
-        assert_eq!(backend_address("10.0.0.11"), Ok(("10.0.0.11".parse().unwrap(), None)));
+        assert_eq!(
+            backend_address("10.0.0.11"),
+            Ok(("10.0.0.11".parse().unwrap(), None))
+        );
         assert_eq!(
             backend_address("[2001:db8::1]:443"),
             Ok(("2001:db8::1".parse().unwrap(), Some(443)))
