@@ -492,3 +492,35 @@ fn zone_is_normalised() {
     let c = config::parse(&text, Path::new("z.toml")).expect("valid");
     assert_eq!(c.dns.map(|d| d.zone), Some("rdgw.example.com.".to_owned()));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// No file can make the checker panic: damage the reference config anywhere (cut a byte
+    /// range, splice in arbitrary text) and it must answer with a config or diagnostics.
+    #[test]
+    fn damaged_input_never_panics(
+        cut_at in 0usize..20_000,
+        cut_len in 0usize..64,
+        insert in "\\PC{0,16}",
+        pick_lab in proptest::bool::ANY,
+    ) {
+        let name = if pick_lab { "config/lab.toml" } else { "config/portico.toml" };
+        let original = std::fs::read_to_string(data(name)).expect("readable");
+        let mut at = cut_at % (original.len() + 1);
+        while !original.is_char_boundary(at) {
+            at -= 1;
+        }
+        let mut end = (at + cut_len).min(original.len());
+        while !original.is_char_boundary(end) {
+            end -= 1;
+        }
+        let damaged = format!("{}{}{}", &original[..at], insert, &original[end..]);
+        if let Err(e) = config::parse(&damaged, Path::new("damaged.toml")) {
+            proptest::prop_assert!(!e.diagnostics.is_empty());
+            for d in &e.diagnostics {
+                proptest::prop_assert!(d.line >= 1 && d.column >= 1, "{}", d);
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Every default of the configuration file, written down once. `config/portico.toml` documents
-//! the same values; `tests/config_check.rs` checks that the two agree.
+//! the same values; `tests/config_check.rs` checks that a minimal config gets these and that
+//! the reference config's spelt-out defaults equal them.
 
 /// `[vip] mode`.
 pub const VIP_MODE: &str = "standalone";

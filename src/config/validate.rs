@@ -24,7 +24,7 @@ const MAX_SHAPE_ERRORS: usize = 50;
 
 /// Largest accepted Maglev table: a prime just below 2^24. The table is allocated per pool,
 /// so a typo of a few extra digits must be refused rather than attempted.
-pub const MAX_TABLE_SIZE: u32 = 16_777_213;
+const MAX_TABLE_SIZE: u32 = 16_777_213;
 
 /// `sun_path` is 108 bytes on Linux, including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -45,7 +45,7 @@ pub(super) fn check(text: &str, source: &Path) -> Result<(Config, Vec<Diagnostic
                     line,
                     column,
                     field: String::new(),
-                    message: format!("syntax error: {}", e.message()),
+                    message: syntax_message(text, e),
                 }
             })
             .collect();
@@ -122,6 +122,18 @@ pub(super) fn check(text: &str, source: &Path) -> Result<(Config, Vec<Diagnostic
     }
 }
 
+/// toml's parse error message, with the offending key named where toml leaves it out.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message();
+    let key = e.span().and_then(|s| text.get(s)).filter(|k| !k.is_empty());
+    match key {
+        Some(key) if message == "duplicate key" => {
+            format!("syntax error: duplicate key {key}: a key or table can be defined only once")
+        }
+        _ => format!("syntax error: {message}"),
+    }
+}
+
 fn sort(diagnostics: &mut [Diagnostic]) {
     diagnostics.sort_by_key(|d| (d.line, d.column));
 }
@@ -186,7 +198,8 @@ fn closest<'a>(typo: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (edit_distance(typo, c), *c))
-        .filter(|(dist, _)| *dist <= 2)
+        // Short keys are all within 2 edits of each other; only suggest a close match.
+        .filter(|(dist, _)| *dist <= 2 && *dist * 3 <= typo.chars().count())
         .min_by_key(|(dist, _)| *dist)
         .map(|(_, c)| c)
 }
@@ -391,12 +404,17 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
     let root = FieldPath::root();
     let node = node(raw.node, &root.key("node"), r);
     let vip = raw.vip.and_then(|v| vip(v, &node, &root, r));
-    let pool_names: BTreeSet<String> = raw
-        .pool
-        .as_ref()
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default();
-    let services = services(raw.service, &pool_names, &root.key("service"), r);
+    // Pool names as written, taken from the text rather than from `raw`: a pool cut out for a
+    // shape error still exists as far as the services naming it are concerned. `None` when
+    // `pool` itself is not a table: that shape error says it all.
+    let pool_names: Option<BTreeSet<String>> = match r.root.get("pool").map(|v| v.get_ref()) {
+        None => Some(BTreeSet::new()),
+        Some(toml::de::DeValue::Table(t)) => {
+            Some(t.keys().map(|k| k.get_ref().to_string()).collect())
+        }
+        Some(_) => None,
+    };
+    let services = services(raw.service, pool_names.as_ref(), &root.key("service"), r);
     let pools = pools(raw.pool, &services, &root.key("pool"), r);
     let balancer = balancer(raw.balancer, &root.key("balancer"), r);
     let dns = raw.dns.map(|v| dns(v, &root.key("dns"), r));
@@ -630,7 +648,7 @@ fn protocol(raw: Option<String>, path: &FieldPath, r: &mut Report<'_>) -> Protoc
 
 fn services(
     raw: Option<Vec<RawService>>,
-    pool_names: &BTreeSet<String>,
+    pool_names: Option<&BTreeSet<String>>,
     p: &FieldPath,
     r: &mut Report<'_>,
 ) -> Vec<Service> {
@@ -675,7 +693,8 @@ fn services(
             s.pool,
             "the pool of backends this service spreads over",
         );
-        if !pool.is_empty() && !pool_names.contains(&pool) {
+        let pool_names = pool_names.filter(|names| !pool.is_empty() && !names.contains(&pool));
+        if let Some(pool_names) = pool_names {
             let known: Vec<&str> = pool_names.iter().map(String::as_str).collect();
             let known = if known.is_empty() {
                 "no pools are defined".to_owned()
