@@ -1,0 +1,167 @@
+//! The file's shape, as serde sees it.
+//!
+//! Deliberately loose: every field is optional and numbers are `i64`, addresses are strings.
+//! Serde stops at its first error, so anything it checked (a range, a required key, an address
+//! syntax) would hide every later mistake; `validate` checks all of those instead and reports
+//! them together. What serde still rejects is the shape itself: unknown keys
+//! (`deny_unknown_fields` everywhere) and values of the wrong TOML type.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node: Option<RawNode>,
+    pub vip: Option<RawVip>,
+    pub service: Option<Vec<RawService>>,
+    /// Sorted by name, which is also the order of [`super::Config::pools`].
+    pub pool: Option<BTreeMap<String, RawPool>>,
+    pub balancer: Option<RawBalancer>,
+    pub dns: Option<RawDns>,
+    pub metrics: Option<RawMetrics>,
+    pub admin: Option<RawAdmin>,
+}
+
+/// `[node]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub name: Option<String>,
+    pub interface: Option<String>,
+}
+
+/// `[vip]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVip {
+    pub addresses: Option<Vec<String>>,
+    pub mode: Option<String>,
+    pub vrrp: Option<RawVrrp>,
+}
+
+/// `[vip.vrrp]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVrrp {
+    pub vrid: Option<i64>,
+    pub priority: Option<i64>,
+    pub advert_interval_ms: Option<i64>,
+    pub preempt: Option<bool>,
+    pub preempt_delay_ms: Option<i64>,
+    pub accept_mode: Option<bool>,
+    pub unicast_peers: Option<Vec<String>>,
+    pub track_pool_penalty: Option<i64>,
+}
+
+/// `[[service]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub protocol: Option<String>,
+    pub pool: Option<String>,
+    pub backend_port: Option<i64>,
+    pub connect_timeout_ms: Option<i64>,
+    pub connect_attempts: Option<i64>,
+    pub idle_timeout_s: Option<i64>,
+    pub backlog: Option<i64>,
+    pub max_flows: Option<i64>,
+    pub affinity: Option<RawAffinity>,
+}
+
+/// `[[service]] affinity = { ... }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAffinity {
+    pub key: Option<String>,
+    pub ipv4_prefix: Option<i64>,
+    pub ipv6_prefix: Option<i64>,
+    pub idle_timeout_s: Option<i64>,
+    pub max_entries: Option<i64>,
+    pub group: Option<String>,
+}
+
+/// `[pool.NAME]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub backends: Option<Vec<RawBackend>>,
+    pub table_size: Option<i64>,
+    pub health: Option<RawHealth>,
+}
+
+/// One entry of `backends = [ ... ]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub weight: Option<i64>,
+}
+
+/// `[pool.NAME.health]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub interval_ms: Option<i64>,
+    pub timeout_ms: Option<i64>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    pub checks: Option<Vec<String>>,
+    pub passive: Option<bool>,
+    pub tls: Option<RawTls>,
+    pub rdg_token: Option<RawRdgToken>,
+}
+
+/// `[pool.NAME.health] tls = { ... }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub server_name: Option<String>,
+    pub ca_file: Option<String>,
+    pub min_days_left: Option<i64>,
+}
+
+/// `[pool.NAME.health] rdg_token = { ... }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRdgToken {
+    pub signing_cert: Option<String>,
+    pub signing_key: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<i64>,
+}
+
+/// `[balancer]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBalancer {
+    pub drain_timeout_s: Option<i64>,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub listen: Option<Vec<String>>,
+    pub zone: Option<String>,
+    pub ttl: Option<i64>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub socket: Option<String>,
+}
