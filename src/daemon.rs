@@ -150,7 +150,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             i,
             snapshot.clone(),
             accept_stop.clone(),
-            hard_stop.clone(),
             connections.clone(),
         ));
     }

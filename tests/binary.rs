@@ -137,10 +137,11 @@ async fn emfile_on_accept_is_counted_and_backed_off() {
     let dir = tempdir("emfile");
     let cfg = dir.join("p.toml");
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let port = free_port();
     std::fs::write(
         &cfg,
         format!(
-            "[node]\nname = \"t\"\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+            "[node]\nname = \"t\"\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\n\
              [pool.p]\nbackends = [{{ name = \"web01\", address = \"{}\" }}]\n\
              [metrics]\nlisten = \"{metrics}\"\n[admin]\nsocket = \"{}/a.sock\"\n",
             gws[0].addr,

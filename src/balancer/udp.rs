@@ -35,15 +35,14 @@ struct Flow {
     counters: BackendCounters,
 }
 
-/// Serves one UDP service. New flows are refused once `accept_stop` fires; existing flows
-/// keep relaying until they idle out or `hard_stop` fires.
+/// Serves one UDP service until `accept_stop` fires. Unlike a TCP connection, a UDP flow has
+/// no end to wait for, so a drain does not wait on flows: they stop with the listener.
 pub async fn serve_udp(
     socket: UdpSocket,
     service: Arc<str>,
     hint: usize,
     snapshot: Arc<ArcSwap<Snapshot>>,
     accept_stop: CancellationToken,
-    hard_stop: CancellationToken,
     tracker: TaskTracker,
 ) {
     let socket = Arc::new(socket);
@@ -53,14 +52,11 @@ pub async fn serve_udp(
     let mut counters: Option<ServiceCounters> = None;
     loop {
         let (n, peer) = tokio::select! {
-            _ = hard_stop.cancelled() => break,
+            _ = accept_stop.cancelled() => break,
             _ = sweep.tick() => {
                 flows.retain(|_, f| !f.done.load(Ordering::Relaxed));
                 if let Some(c) = &counters {
                     c.udp_flows_active.set(flows.len() as i64);
-                }
-                if accept_stop.is_cancelled() && flows.is_empty() {
-                    break;
                 }
                 continue;
             }
@@ -96,9 +92,6 @@ pub async fn serve_udp(
             continue;
         };
         let c = counters.get_or_insert_with(|| svc.counters.clone());
-        if accept_stop.is_cancelled() {
-            continue;
-        }
         if flows.len() >= svc.max_flows {
             c.udp_rejected_table_full.inc();
             continue;
@@ -149,7 +142,7 @@ pub async fn serve_udp(
             svc.idle_timeout,
             bc,
             c.udp_drops_to_client.clone(),
-            hard_stop.clone(),
+            accept_stop.clone(),
         ));
         flows.insert(peer, flow);
         c.udp_flows_active.set(flows.len() as i64);
@@ -182,13 +175,13 @@ async fn relay_back(
     idle: Duration,
     counters: BackendCounters,
     drops: prometheus::IntCounter,
-    hard_stop: CancellationToken,
+    stop: CancellationToken,
 ) {
     let idle_sleep = tokio::time::sleep(idle);
     tokio::pin!(idle_sleep);
     loop {
         tokio::select! {
-            _ = hard_stop.cancelled() => break,
+            _ = stop.cancelled() => break,
             _ = &mut idle_sleep => {
                 let last_at = started + Duration::from_millis(last.load(Ordering::Relaxed));
                 if last_at.elapsed() >= idle {
