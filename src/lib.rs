@@ -18,6 +18,8 @@
 //! - [`controller`]: owns the current snapshot, applies config, health and admin changes.
 //! - [`balancer`]: TCP and UDP listeners, connect with retry, byte copying, drain on shutdown.
 //! - [`metrics`]: the Prometheus registry, every metric name, and the `/metrics` listener.
+//! - [`rdg`]: the MS-TSGU (RD Gateway HTTP transport) codec (pure): packets, HRESULTs, the
+//!   RDG_OUT_DATA/RDG_IN_DATA header blocks, chunked coding and WebSocket frames.
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
 
@@ -29,4 +31,5 @@ pub mod daemon;
 pub mod lab;
 pub mod maglev;
 pub mod metrics;
+pub mod rdg;
 pub mod snapshot;

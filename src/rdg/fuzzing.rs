@@ -1,0 +1,116 @@
+//! Logic behind the `fuzz/` targets (each target is a 3-line shim calling one function here), so
+//! plain `#[test]`s run the same checks over the seed corpus and random inputs. Each function
+//! panics if an invariant breaks; malformed input itself is fine.
+
+use super::http::{encode_chunk, ChunkedDecoder, ChunkedError};
+use super::packet::{Packet, ParseError};
+use super::websocket::{encode_frame, Frame, FrameDecoder, WsError};
+
+/// Parses every packet in `data`; each parsed packet must re-encode and re-parse to itself, and
+/// the header check must agree with the full parse.
+pub fn packet(data: &[u8]) {
+    let mut rest = data;
+    loop {
+        let checked = Packet::check(rest);
+        match Packet::parse_full(rest) {
+            Ok(parsed) => {
+                assert_eq!(checked, Ok(parsed.len));
+                assert!(parsed.len >= 8 && parsed.len <= rest.len());
+                let mut out = Vec::new();
+                let n = parsed
+                    .packet
+                    .encode(&mut out)
+                    .expect("a parsed packet re-encodes");
+                assert_eq!(n, out.len());
+                assert!(n <= parsed.len, "re-encoding never grows a packet");
+                let (again, used) = Packet::parse(&out).expect("re-encoded packet parses");
+                assert_eq!(again, parsed.packet);
+                assert_eq!(used, out.len());
+                rest = rest.get(parsed.len..).unwrap_or_default();
+            }
+            Err(e) => {
+                if let Err(ce) = &checked {
+                    assert_eq!(&e, ce);
+                }
+                if let ParseError::Incomplete { needed } = e {
+                    assert!(needed > 0);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Decodes `data` as a chunked body in one call and again split at positions derived from the
+/// first byte; both must agree. Then re-chunks the decoded bytes and decodes them back.
+pub fn chunked(data: &[u8]) {
+    let step = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    let whole = run_chunked(data, data.len().max(1));
+    let split = run_chunked(data, step);
+    assert_eq!(whole, split);
+    if let Ok((body, _)) = whole {
+        let mut wire = Vec::new();
+        for piece in body.chunks(step) {
+            encode_chunk(piece, step % 2 == 0, &mut wire);
+        }
+        wire.extend_from_slice(super::http::LAST_CHUNK);
+        let (again, used) = run_chunked(&wire, 7).expect("re-chunked body decodes");
+        assert_eq!(again, body);
+        assert_eq!(used, wire.len());
+    }
+}
+
+/// Runs a fresh decoder over `data` fed `step` bytes at a time; returns the body and the bytes
+/// consumed.
+pub fn run_chunked(data: &[u8], step: usize) -> Result<(Vec<u8>, usize), ChunkedError> {
+    let mut dec = ChunkedDecoder::new(4096);
+    let mut out = Vec::new();
+    let mut used = 0;
+    for piece in data.chunks(step.max(1)) {
+        let n = dec.decode(piece, &mut out)?;
+        used += n;
+        if dec.is_done() {
+            break;
+        }
+    }
+    Ok((out, used))
+}
+
+/// Decodes `data` as a frame stream in one piece and split at positions derived from the first
+/// byte; both must agree. Every final frame re-encodes (same mask) and decodes to itself.
+pub fn websocket(data: &[u8]) {
+    let step = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    let whole = run_websocket(data, data.len().max(1));
+    let split = run_websocket(data, step);
+    assert_eq!(whole, split);
+    let (frames, _) = whole;
+    for frame in frames.iter().filter(|f| f.fin) {
+        let mask = frame.masked.then_some([0x11, 0x22, 0x33, 0x44]);
+        let mut wire = Vec::new();
+        encode_frame(frame.opcode, &frame.payload, mask, &mut wire)
+            .expect("decoded frame re-encodes");
+        let (again, err) = run_websocket(&wire, 3);
+        assert_eq!(err, None);
+        assert_eq!(again.as_slice(), std::slice::from_ref(frame));
+    }
+}
+
+/// Runs a fresh decoder over `data` fed `step` bytes at a time; returns the frames decoded and
+/// the error that stopped it, if any.
+pub fn run_websocket(data: &[u8], step: usize) -> (Vec<Frame>, Option<WsError>) {
+    let mut dec = FrameDecoder::new(4096);
+    let mut frames = Vec::new();
+    for piece in data.chunks(step.max(1)) {
+        let mut rest = piece;
+        while !rest.is_empty() {
+            match dec.decode(rest) {
+                Ok((n, frame)) => {
+                    frames.extend(frame);
+                    rest = rest.get(n..).unwrap_or_default();
+                }
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+    (frames, None)
+}
