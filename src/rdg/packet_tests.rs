@@ -147,10 +147,7 @@ fn vector_details() {
     };
     assert_eq!(tc.paa_token().unwrap().as_deref(), Some("Tk=1"));
     assert_eq!(tc.fields_present(), fields::TUNNEL_PAA_COOKIE);
-    assert_eq!(
-        Packet::Keepalive.packet_type(),
-        PacketType::KEEPALIVE
-    );
+    assert_eq!(Packet::Keepalive.packet_type(), PacketType::KEEPALIVE);
     assert_eq!(format!("{:?}", PacketType(0x0E)), "Unknown(0x000e)");
     assert_eq!(PacketType::TUNNEL_AUTH.to_string(), "TUNNEL_AUTH");
 }
@@ -206,15 +203,27 @@ fn lying_lengths() {
         );
     }
     // Above the caps: rejected from the header alone, before the body is buffered.
-    let b = with_length(&hex("0D 00 00 00 00 00 00 00"), (MAX_CONTROL_PACKET + 1) as u32);
+    let b = with_length(
+        &hex("0D 00 00 00 00 00 00 00"),
+        (MAX_CONTROL_PACKET + 1) as u32,
+    );
     assert!(matches!(
         Packet::check(&b),
-        Err(ParseError::TooLarge { cap: MAX_CONTROL_PACKET, .. })
+        Err(ParseError::TooLarge {
+            cap: MAX_CONTROL_PACKET,
+            ..
+        })
     ));
-    let b = with_length(&hex("0A 00 00 00 00 00 00 00"), (MAX_DATA_PACKET + 1) as u32);
+    let b = with_length(
+        &hex("0A 00 00 00 00 00 00 00"),
+        (MAX_DATA_PACKET + 1) as u32,
+    );
     assert!(matches!(
         Packet::check(&b),
-        Err(ParseError::TooLarge { cap: MAX_DATA_PACKET, .. })
+        Err(ParseError::TooLarge {
+            cap: MAX_DATA_PACKET,
+            ..
+        })
     ));
     let b = with_length(&hex("0A 00 00 00 00 00 00 00"), MAX_DATA_PACKET as u32);
     assert_eq!(
@@ -224,7 +233,10 @@ fn lying_lengths() {
         })
     );
     let b = with_length(&hex("0E 00 00 00 00 00 00 00"), u32::MAX);
-    assert!(matches!(Packet::check(&b), Err(ParseError::TooLarge { .. })));
+    assert!(matches!(
+        Packet::check(&b),
+        Err(ParseError::TooLarge { .. })
+    ));
     // cbLen beyond the packet.
     let b = hex("0A 00 00 00 0E 00 00 00 05 00 03 00 00 13");
     assert_eq!(
@@ -239,13 +251,19 @@ fn lying_lengths() {
     let b = hex("04 00 00 00 14 00 00 00 0D 00 00 00 01 00 00 00 FF FF 54 00");
     assert!(matches!(
         Packet::parse(&b),
-        Err(ParseError::TooShort { field: "PAACookie", .. })
+        Err(ParseError::TooShort {
+            field: "PAACookie",
+            ..
+        })
     ));
     // A resource count larger than the strings present.
     let b = hex("08 00 00 00 0E 00 00 00 32 00 83 08 03 00");
     assert!(matches!(
         Packet::parse(&b),
-        Err(ParseError::TooShort { field: "resourceName", .. })
+        Err(ParseError::TooShort {
+            field: "resourceName",
+            ..
+        })
     ));
 }
 
@@ -338,7 +356,10 @@ fn unknown_trailing_and_back_to_back() {
     // Trailing bytes inside a packet are tolerated and reported.
     let b = hex("01 00 00 00 10 00 00 00 01 00 00 00 02 00 FF FF");
     let parsed = Packet::parse_full(&b).unwrap();
-    assert_eq!(parsed.packet, Packet::HandshakeRequest(HandshakeRequest::default()));
+    assert_eq!(
+        parsed.packet,
+        Packet::HandshakeRequest(HandshakeRequest::default())
+    );
     assert_eq!((parsed.len, parsed.trailing), (16, 2));
     // Unknown fieldsPresent bits are ignored (their data would be trailing).
     let b = hex("09 00 00 00 14 00 00 00 00 00 00 00 09 00 00 00 01 00 00 00");
@@ -441,7 +462,11 @@ pub(crate) fn packet_strategy() -> impl Strategy<Value = Packet> {
                 Packet::ExtendedAuthMsg(ExtendedAuthMsg { error_code, blob })
             })
             .boxed(),
-        (any::<u32>(), any::<Option<u64>>(), proptest::option::of(bytes(40)))
+        (
+            any::<u32>(),
+            any::<Option<u64>>(),
+            proptest::option::of(bytes(40)),
+        )
             .prop_map(|(caps, reauth_context, paa_cookie)| {
                 Packet::TunnelCreate(TunnelCreate {
                     caps,
@@ -533,10 +558,7 @@ pub(crate) fn packet_strategy() -> impl Strategy<Value = Packet> {
         any::<u32>()
             .prop_map(|status| Packet::CloseChannelResponse(CloseChannelResponse { status }))
             .boxed(),
-        (
-            prop_oneof![Just(0x0Eu16), Just(0x0F), 0x12u16..],
-            bytes(40),
-        )
+        (prop_oneof![Just(0x0Eu16), Just(0x0F), 0x12u16..], bytes(40))
             .prop_map(|(ptype, body)| Packet::Unknown { ptype, body })
             .boxed(),
     ];
