@@ -114,3 +114,115 @@ pub fn run_websocket(data: &[u8], step: usize) -> (Vec<Frame>, Option<WsError>) 
     }
     (frames, None)
 }
+
+#[cfg(test)]
+mod tests {
+    //! CI coverage for the fuzz logic without a fuzzer: the committed seed corpus, mutations of
+    //! it, and random bytes.
+
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    type Target = fn(&[u8]);
+
+    fn corpus(target: &str) -> Vec<Vec<u8>> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let seeds: Vec<_> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        assert!(!seeds.is_empty(), "empty corpus for {target}");
+        seeds
+    }
+
+    const TARGETS: [(&str, Target); 3] = [
+        ("packet", super::packet),
+        ("chunked", super::chunked),
+        ("websocket", super::websocket),
+    ];
+
+    #[test]
+    fn corpus_replays() {
+        for (name, target) in TARGETS {
+            for seed in corpus(name) {
+                target(&seed);
+                // Every truncation too.
+                for cut in 0..seed.len() {
+                    target(&seed[..cut]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packet_seeds_are_valid_packets() {
+        for seed in corpus("packet") {
+            let mut rest = seed.as_slice();
+            while !rest.is_empty() {
+                let p = crate::rdg::Packet::parse_full(rest).expect("seed parses");
+                assert_eq!(p.trailing, 0);
+                rest = &rest[p.len..];
+            }
+        }
+        for seed in corpus("websocket") {
+            let (frames, err) = super::run_websocket(&seed, seed.len());
+            assert_eq!(err, None);
+            assert!(!frames.is_empty());
+        }
+        for seed in corpus("chunked") {
+            assert!(super::run_chunked(&seed, seed.len()).is_ok());
+        }
+    }
+
+    /// A corpus seed with some bytes overwritten and an optional cut.
+    fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+        (
+            0..seeds.len(),
+            proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            any::<Option<usize>>(),
+        )
+            .prop_map(move |(i, edits, cut)| {
+                let mut s = seeds[i].clone();
+                if !s.is_empty() {
+                    for (pos, b) in edits {
+                        let at = pos % s.len();
+                        s[at] = b;
+                    }
+                }
+                if let Some(c) = cut {
+                    s.truncate(c % (s.len() + 1));
+                }
+                s
+            })
+    }
+
+    fn random_input(target: &str) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            mutated(corpus(target)),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        #[test]
+        fn packet_random(data in random_input("packet")) {
+            super::packet(&data);
+        }
+
+        #[test]
+        fn chunked_random(data in random_input("chunked")) {
+            super::chunked(&data);
+        }
+
+        #[test]
+        fn websocket_random(data in random_input("websocket")) {
+            super::websocket(&data);
+        }
+    }
+}
