@@ -133,7 +133,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_strictness() {
-        assert_eq!(encode_utf16z("Tk=1"), b"T\0k\0=\01\0\0\0");
+        assert_eq!(
+            encode_utf16z("Tk=1"),
+            [b'T', 0, b'k', 0, b'=', 0, b'1', 0, 0, 0]
+        );
         assert_eq!(
             decode_utf16z(&encode_utf16z("h\u{1F600}é")).unwrap(),
             "h\u{1F600}é"
