@@ -17,7 +17,7 @@ pub const E_PROXY_RAP_ACCESSDENIED: u32 = 0x8007_59DA;
 pub const E_PROXY_NAP_ACCESSDENIED: u32 = 0x8007_59DB;
 /// CHANNEL_CREATE: the gateway could not connect to the target.
 pub const E_PROXY_TS_CONNECTFAILED: u32 = 0x8007_59DD;
-/// The same, in the HRESULT_CODE form rdpgw lists (PROTOCOLS.md §4.1 [D]).
+/// The same, in the HRESULT_CODE form rdpgw lists (PROTOCOLS.md §4.1, where the sources disagree).
 pub const E_PROXY_TS_CONNECTFAILED_CODE: u32 = 0x0000_59DD;
 /// The tunnel is already gone.
 pub const E_PROXY_ALREADYDISCONNECTED: u32 = 0x8007_59DF;
