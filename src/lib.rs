@@ -20,6 +20,8 @@
 //! - [`metrics`]: the Prometheus registry, every metric name, and the `/metrics` listener.
 //! - [`token`]: the VMM console-connect token (pure): mint and sign it as VMM does, verify it
 //!   step by step as the FedAuth gateway plug-in does, redact it for logs, write the .rdp file.
+//! - [`rdg`]: the MS-TSGU (RD Gateway HTTP transport) codec (pure): packets, HRESULTs, the
+//!   RDG_OUT_DATA/RDG_IN_DATA header blocks, chunked coding and WebSocket frames.
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
@@ -33,5 +35,6 @@ pub mod daemon;
 pub mod lab;
 pub mod maglev;
 pub mod metrics;
+pub mod rdg;
 pub mod snapshot;
 pub mod token;
