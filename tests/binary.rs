@@ -63,24 +63,41 @@ async fn lab_serves_tls_udp_and_metrics_then_stops_cleanly_on_sigterm() {
     let mut printed = Vec::new();
     let t0 = Instant::now();
     while !printed.iter().any(|l: &String| l.starts_with("Ctrl-C")) {
-        assert!(t0.elapsed() < Duration::from_secs(30), "lab did not come up: {printed:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "lab did not come up: {printed:?}"
+        );
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
             printed.push(l);
         }
     }
     let all = printed.join("\n");
-    assert!(all.contains("curl --cacert"), "lab prints a curl line: {all}");
+    assert!(
+        all.contains("curl --cacert"),
+        "lab prints a curl line: {all}"
+    );
     assert!(all.contains("http://127.0.0.1:11469/metrics"), "{all}");
 
     // The lab's TLS service presents the farm certificate from the CA it wrote.
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
     let vip: SocketAddr = "127.0.0.1:12443".parse().unwrap();
     let name = which_gateway_with_ca(source(9), vip, &ca).await;
-    assert!(["web01", "web02", "web03"].contains(&name.as_str()), "answered by {name}");
-    let udp = udp_which(source(9), "127.0.0.1:15391".parse().unwrap()).await.unwrap();
+    assert!(
+        ["web01", "web02", "web03"].contains(&name.as_str()),
+        "answered by {name}"
+    );
+    let udp = udp_which(source(9), "127.0.0.1:15391".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(udp, name, "the client's UDP flow meets its TLS channel");
     let m = scrape("127.0.0.1:11469".parse().unwrap()).await;
-    assert_eq!(metric(&m, "portico_connections_accepted_total{service=\"rdgw-https\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "portico_connections_accepted_total{service=\"rdgw-https\"}"
+        ),
+        1.0
+    );
 
     sigterm(&g.0);
     let st = wait_exit(&mut g.0, Duration::from_secs(15)).expect("lab exits after SIGTERM");
@@ -94,25 +111,43 @@ async fn which_gateway_with_ca(from: std::net::IpAddr, to: SocketAddr, ca_pem: &
     for c in CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let tcp = tcp_from(from, to).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("rdgw.lab.test").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
     ask(&mut tls).await.unwrap()
 }
 
 #[test]
 fn check_prints_the_plan_or_names_file_line_and_field() {
-    let ok = Command::new(BIN).args(["check", "--config", "config/lab.toml"]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(BIN)
+        .args(["check", "--config", "config/lab.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let plan = String::from_utf8_lossy(&ok.stdout);
-    assert!(plan.contains("service rdgw-https tcp 127.0.0.1:10443"), "{plan}");
+    assert!(
+        plan.contains("service rdgw-https tcp 127.0.0.1:10443"),
+        "{plan}"
+    );
     assert!(plan.contains("backend web01"), "{plan}");
-    assert!(plan.contains("share 33."), "equal weights give a third each: {plan}");
+    assert!(
+        plan.contains("share 33."),
+        "equal weights give a third each: {plan}"
+    );
 
     let dir = tempdir("check");
     let bad = dir.join("bad.toml");
@@ -121,10 +156,18 @@ fn check_prints_the_plan_or_names_file_line_and_field() {
         "[node]\nname = \"x\"\n\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:443\"\npool = \"nope\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN).arg("check").arg("--config").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:7:", bad.display())), "names file and line: {err}");
+    assert!(
+        err.contains(&format!("{}:7:", bad.display())),
+        "names file and line: {err}"
+    );
     assert!(err.contains("service[0].pool"), "names the field: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -150,11 +193,20 @@ async fn emfile_on_accept_is_counted_and_backed_off() {
     )
     .unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.arg("run").arg("--config").arg(&cfg).arg("--workers").arg("1").stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--workers")
+        .arg("1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: only setrlimit between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 48, rlim_max: 48 };
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -169,10 +221,19 @@ async fn emfile_on_accept_is_counted_and_backed_off() {
             let _ = tx.send(line);
         }
     });
+    let mut log = Vec::new();
     let addr = loop {
-        let l = rx.recv_timeout(Duration::from_secs(20)).expect("portico logs its listener");
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no listener logged: {log:?}"));
+        log.push(l.clone());
         if let Some(a) = l.split("addr=").nth(1).filter(|_| l.contains("listening")) {
-            break a.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap();
+            break a
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<SocketAddr>()
+                .unwrap();
         }
     };
     // 60 clients hold connections: with 48 descriptors Portico runs out part way.
@@ -187,11 +248,17 @@ async fn emfile_on_accept_is_counted_and_backed_off() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu = cpu_ticks(g.0.id()) - cpu0;
     // A busy loop on EMFILE would burn ~100 ticks per second; a backed-off one a handful.
-    assert!(cpu < 30, "portico used {cpu} CPU ticks in 1 s while out of descriptors");
+    assert!(
+        cpu < 30,
+        "portico used {cpu} CPU ticks in 1 s while out of descriptors"
+    );
     drop(held);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let m = scrape(metrics).await;
-    let emfile = metric(&m, "portico_accept_errors_total{reason=\"emfile\",service=\"s\"}");
+    let emfile = metric(
+        &m,
+        "portico_accept_errors_total{reason=\"emfile\",service=\"s\"}",
+    );
     assert!(emfile >= 1.0, "EMFILE counted: {emfile}");
     // And it serves again.
     assert_eq!(which_gateway(source(100), addr).await.unwrap(), "web01");
@@ -203,11 +270,16 @@ fn cpu_ticks(pid: u32) -> u64 {
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm field.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
