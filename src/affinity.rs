@@ -19,8 +19,8 @@
 //!
 //! Vocabulary from HAProxy's stick tables: a table of *entries* with a size cap that *expire*
 //! after an idle timeout. It is shared by every accept loop, so it is sharded: up to
-//! [`MAX_SHARDS`] `Mutex<Shard>`s picked by key hash, each a slab (`Vec` of entries) plus a
-//! `HashMap` from key to slab position. A lookup locks one shard briefly and does not
+//! [`MAX_SHARDS`] `Mutex<Shard>`s picked by key hash, each dense arrays of entries plus a
+//! `HashMap` from key to array position. A lookup locks one shard briefly and does not
 //! allocate; each shard's memory is reserved up front for its share of `max_entries`, so
 //! inserts do not allocate either.
 //!
@@ -220,59 +220,116 @@ pub struct StickStats {
     pub expirations: u64,
 }
 
-/// One stick-table entry.
-#[derive(Debug, Clone, Copy)]
-struct Entry<V> {
-    key: ClientKey,
-    value: V,
-    /// Last time the entry was inserted or hit.
-    last_use: Instant,
-}
-
-/// One shard: a slab of entries and an index into it. The slab makes sampling random entries
-/// for eviction O(1); removal swaps the last entry into the hole and fixes its index.
+/// One shard: the entries in three parallel, dense arrays (struct of arrays) plus an index
+/// from key to position. Dense arrays make sampling random entries for eviction O(1); removal
+/// swaps the last entry into the hole and fixes its index. Splitting the arrays keeps the
+/// ones a hit touches (`values`, `last_use`) small enough to stay in cache, so a hit costs one
+/// random memory access (the index) rather than two.
 #[derive(Debug)]
 struct Shard<V> {
-    /// Key to position in `entries`. std's randomly keyed hasher: client addresses are
+    /// Key to position in the arrays. std's randomly keyed hasher: client addresses are
     /// attacker-chosen, so bucket placement must not be predictable.
-    index: HashMap<ClientKey, usize>,
-    entries: Vec<Entry<V>>,
+    /// Positions are `u32` to keep index buckets at 24 bytes; a shard never holds more.
+    index: HashMap<ClientKey, u32>,
+    /// Entry keys, needed only to unindex an entry found by position.
+    keys: Vec<ClientKey>,
+    /// Entry values.
+    values: Vec<V>,
+    /// Last time each entry was inserted or hit.
+    last_use: Vec<Instant>,
     /// This shard's share of `max_entries`.
     capacity: usize,
     /// xorshift64 state for eviction sampling; never zero.
     rng: u64,
 }
 
-impl<V> Shard<V> {
-    /// Removes the entry at `i`, keeping the slab dense and the index consistent.
-    fn remove_at(&mut self, i: usize) -> Option<Entry<V>> {
-        if i >= self.entries.len() {
+impl<V: Copy> Shard<V> {
+    /// A shard holding at most `capacity` entries, clamped to `u32::MAX` (far beyond memory).
+    fn with_capacity(capacity: usize, rng: u64) -> Self {
+        let capacity = capacity.min(u32::MAX as usize);
+        let mut shard = Shard {
+            index: HashMap::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
+            last_use: Vec::new(),
+            capacity,
+            rng,
+        };
+        // A failed reservation only means growth later; the cap still holds. The index gets
+        // twice the room: removals leave tombstones, and only below half load does the map
+        // clean them by rehashing in place instead of growing (allocating) on insert.
+        let _ = shard.index.try_reserve(capacity.saturating_mul(2));
+        let _ = shard.keys.try_reserve_exact(capacity);
+        let _ = shard.values.try_reserve_exact(capacity);
+        let _ = shard.last_use.try_reserve_exact(capacity);
+        shard
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn position(&self, key: &ClientKey) -> Option<usize> {
+        self.index.get(key).map(|&pos| pos as usize)
+    }
+
+    fn push(&mut self, key: ClientKey, value: V, now: Instant) {
+        // len < capacity <= u32::MAX (see `with_capacity`).
+        self.index.insert(key, self.keys.len() as u32);
+        self.keys.push(key);
+        self.values.push(value);
+        self.last_use.push(now);
+    }
+
+    /// Puts a new entry in place of the one at `pos`, returning the old entry's last use.
+    /// Reusing the position saves re-indexing the entry that removal would move.
+    fn replace_at(
+        &mut self,
+        pos: usize,
+        key: ClientKey,
+        value: V,
+        now: Instant,
+    ) -> Option<Instant> {
+        let old_key = std::mem::replace(self.keys.get_mut(pos)?, key);
+        let old_use = std::mem::replace(self.last_use.get_mut(pos)?, now);
+        *self.values.get_mut(pos)? = value;
+        self.index.remove(&old_key);
+        self.index.insert(key, pos as u32);
+        Some(old_use)
+    }
+
+    /// Removes the entry at `pos`, keeping the arrays dense and the index consistent;
+    /// returns its value and last use.
+    fn remove_at(&mut self, pos: usize) -> Option<(V, Instant)> {
+        if pos >= self.keys.len() {
             return None;
         }
-        let removed = self.entries.swap_remove(i);
-        self.index.remove(&removed.key);
-        if let Some(moved) = self.entries.get(i) {
-            if let Some(pos) = self.index.get_mut(&moved.key) {
-                *pos = i;
+        let key = self.keys.swap_remove(pos);
+        let value = self.values.swap_remove(pos);
+        let last_use = self.last_use.swap_remove(pos);
+        self.index.remove(&key);
+        if let Some(moved) = self.keys.get(pos) {
+            if let Some(p) = self.index.get_mut(moved) {
+                *p = pos as u32;
             }
         }
-        Some(removed)
+        Some((value, last_use))
     }
 
     /// Position of the eviction victim: the least recently used of the sample.
     fn victim(&mut self) -> Option<usize> {
-        let n = self.entries.len();
+        let n = self.last_use.len();
         let mut best: Option<(usize, Instant)> = None;
-        let mut consider = |i: usize, entries: &[Entry<V>]| {
-            if let Some(e) = entries.get(i) {
-                if best.is_none_or(|(_, t)| e.last_use < t) {
-                    best = Some((i, e.last_use));
+        let mut consider = |pos: usize, last_use: &[Instant]| {
+            if let Some(&t) = last_use.get(pos) {
+                if best.is_none_or(|(_, b)| t < b) {
+                    best = Some((pos, t));
                 }
             }
         };
         if n <= EVICTION_SAMPLES {
-            for i in 0..n {
-                consider(i, &self.entries);
+            for pos in 0..n {
+                consider(pos, &self.last_use);
             }
         } else {
             for _ in 0..EVICTION_SAMPLES {
@@ -280,11 +337,11 @@ impl<V> Shard<V> {
                 self.rng ^= self.rng >> 7;
                 self.rng ^= self.rng << 17;
                 // Multiply-shift maps the random word onto 0..n without a division.
-                let i = ((u128::from(self.rng) * n as u128) >> 64) as usize;
-                consider(i, &self.entries);
+                let pos = ((u128::from(self.rng) * n as u128) >> 64) as usize;
+                consider(pos, &self.last_use);
             }
         }
-        best.map(|(i, _)| i)
+        best.map(|(pos, _)| pos)
     }
 }
 
@@ -321,8 +378,8 @@ impl<V: Copy + Eq + Send> StickTable<V> {
     /// A table holding at most `max_entries` entries (0 disables it: inserts are ignored),
     /// expiring entries idle longer than `idle_timeout`.
     ///
-    /// Memory for the whole cap is reserved up front (roughly 80 bytes per entry for a small
-    /// `V`), so the size cap is also a memory cap and inserts never reallocate. If the
+    /// Memory for the whole cap is reserved up front (roughly 100 bytes per entry for a small
+    /// `V`), so the size cap is also a memory cap and inserts do not allocate. If the
     /// reservation fails the shards grow on demand instead.
     pub fn new(max_entries: usize, idle_timeout: Duration) -> Self {
         let mut count = 1;
@@ -334,17 +391,7 @@ impl<V: Copy + Eq + Send> StickTable<V> {
         let shards: Box<[Mutex<Shard<V>>]> = (0..count)
             .map(|i| {
                 let capacity = max_entries / count + usize::from(i < max_entries % count);
-                let mut index = HashMap::new();
-                let mut entries = Vec::new();
-                // A failed reservation only means later growth; the cap still holds.
-                let _ = index.try_reserve(capacity);
-                let _ = entries.try_reserve_exact(capacity);
-                Mutex::new(Shard {
-                    index,
-                    entries,
-                    capacity,
-                    rng: seeds.hash_one(i) | 1,
-                })
+                Mutex::new(Shard::with_capacity(capacity, seeds.hash_one(i) | 1))
             })
             .collect();
         StickTable {
@@ -365,18 +412,19 @@ impl<V: Copy + Eq + Send> StickTable<V> {
     pub fn get(&self, key: &ClientKey, now: Instant) -> Option<V> {
         let timeout = self.idle_timeout();
         let mut shard = self.lock(key);
-        let i = *shard.index.get(key)?;
-        let entry = shard.entries.get_mut(i)?;
-        if is_expired(entry.last_use, now, timeout) {
-            shard.remove_at(i);
+        let pos = shard.position(key)?;
+        let value = *shard.values.get(pos)?;
+        let last_use = shard.last_use.get_mut(pos)?;
+        if is_expired(*last_use, now, timeout) {
+            shard.remove_at(pos);
             drop(shard);
             self.len.fetch_sub(1, Ordering::Relaxed);
             self.expirations.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         // Never move last use backwards when threads race with slightly different clocks.
-        entry.last_use = entry.last_use.max(now);
-        Some(entry.value)
+        *last_use = (*last_use).max(now);
+        Some(value)
     }
 
     /// Inserts `key -> value` used at `now`, or replaces the value of an existing entry.
@@ -385,30 +433,28 @@ impl<V: Copy + Eq + Send> StickTable<V> {
     pub fn insert(&self, key: ClientKey, value: V, now: Instant) {
         let timeout = self.idle_timeout();
         let mut shard = self.lock(&key);
-        if let Some(&i) = shard.index.get(&key) {
-            if let Some(entry) = shard.entries.get_mut(i) {
-                entry.value = value;
-                entry.last_use = now;
-                return;
+        if let Some(pos) = shard.position(&key) {
+            if let Some(v) = shard.values.get_mut(pos) {
+                *v = value;
             }
+            if let Some(t) = shard.last_use.get_mut(pos) {
+                *t = now;
+            }
+            return;
         }
         if shard.capacity == 0 {
             return;
         }
         let mut evicted = None;
-        if shard.entries.len() >= shard.capacity {
+        if shard.len() >= shard.capacity {
             evicted = shard
                 .victim()
-                .and_then(|i| shard.remove_at(i))
-                .map(|e| is_expired(e.last_use, now, timeout));
+                .and_then(|pos| shard.replace_at(pos, key, value, now))
+                .map(|last_use| is_expired(last_use, now, timeout));
         }
-        let pos = shard.entries.len();
-        shard.entries.push(Entry {
-            key,
-            value,
-            last_use: now,
-        });
-        shard.index.insert(key, pos);
+        if evicted.is_none() {
+            shard.push(key, value, now);
+        }
         drop(shard);
         match evicted {
             None => {
@@ -427,11 +473,11 @@ impl<V: Copy + Eq + Send> StickTable<V> {
     /// Removes `key`, returning its value whether or not it had expired.
     pub fn remove(&self, key: &ClientKey) -> Option<V> {
         let mut shard = self.lock(key);
-        let i = *shard.index.get(key)?;
-        let removed = shard.remove_at(i)?;
+        let pos = shard.position(key)?;
+        let (value, _) = shard.remove_at(pos)?;
         drop(shard);
         self.len.fetch_sub(1, Ordering::Relaxed);
-        Some(removed.value)
+        Some(value)
     }
 
     /// Drops every entry whose value fails `keep` (e.g. a backend that was removed from the
@@ -441,14 +487,14 @@ impl<V: Copy + Eq + Send> StickTable<V> {
     /// visited: callers publish the new backend set first, then retain. `keep` runs with a
     /// shard locked and must not use this table.
     pub fn retain(&self, mut keep: impl FnMut(&V) -> bool) -> usize {
-        self.drain_where(|e| !keep(&e.value))
+        self.drain_where(|value, _| !keep(value))
     }
 
     /// Removes entries idle longer than the timeout at `now`; returns how many. O(entries):
     /// meant for a periodic housekeeping task, one shard locked at a time.
     pub fn expire(&self, now: Instant) -> usize {
         let timeout = self.idle_timeout();
-        let dropped = self.drain_where(|e| is_expired(e.last_use, now, timeout));
+        let dropped = self.drain_where(|_, last_use| is_expired(last_use, now, timeout));
         self.expirations
             .fetch_add(dropped as u64, Ordering::Relaxed);
         dropped
@@ -501,19 +547,21 @@ impl<V: Copy + Eq + Send> StickTable<V> {
     }
 
     /// Removes, shard by shard, every entry for which `drop_it` is true; returns the count.
-    fn drain_where(&self, mut drop_it: impl FnMut(&Entry<V>) -> bool) -> usize {
+    fn drain_where(&self, mut drop_it: impl FnMut(&V, Instant) -> bool) -> usize {
         let mut dropped = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut i = 0;
-            while let Some(entry) = shard.entries.get(i) {
-                if drop_it(entry) {
-                    // The last entry moves into `i`: look at `i` again.
-                    shard.remove_at(i);
+            let mut pos = 0;
+            while let (Some(value), Some(&last_use)) =
+                (shard.values.get(pos), shard.last_use.get(pos))
+            {
+                if drop_it(value, last_use) {
+                    // The last entry moves into `pos`: look at `pos` again.
+                    shard.remove_at(pos);
                     self.len.fetch_sub(1, Ordering::Relaxed);
                     dropped += 1;
                 } else {
-                    i += 1;
+                    pos += 1;
                 }
             }
         }
@@ -543,6 +591,74 @@ mod tests {
 
     fn spec(v4: u8, v6: u8) -> KeySpec {
         KeySpec::new(v4, v6).expect("test spec")
+    }
+
+    /// Counts this thread's allocations, so that tests running in parallel do not interfere.
+    mod alloc_count {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+        }
+
+        struct Counting;
+
+        // SAFETY: forwards to the system allocator unchanged; only counts calls.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: same contract as our caller's.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: same contract as our caller's.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: same contract as our caller's.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+
+        /// Allocations made by this thread while running `f`.
+        pub fn during(f: impl FnOnce()) -> u64 {
+            let before = ALLOCATIONS.with(Cell::get);
+            f();
+            ALLOCATIONS.with(Cell::get) - before
+        }
+    }
+
+    #[test]
+    fn hot_paths_do_not_allocate() {
+        let t0 = Instant::now();
+        let table = StickTable::new(5_000, MINUTE);
+        let k = |i: u32| ClientKey::new(IpAddr::V4(Ipv4Addr::from(i)), KeySpec::default());
+        let allocations = alloc_count::during(|| {
+            // Fill, then churn through many times the capacity so that evictions leave
+            // tombstones in every shard's index.
+            for i in 0..50_000 {
+                table.insert(k(i), 1u16, t0);
+                assert_eq!(table.get(&k(i), t0), Some(1));
+                assert_eq!(table.get(&k(i + 1_000_000), t0), None);
+            }
+        });
+        assert_eq!(allocations, 0);
+        assert_eq!(table.len(), 5_000);
+
+        let m = crate::maglev::Maglev::build([("a", 1), ("b", 2), ("c", 3)], 1009).unwrap();
+        let allocations = alloc_count::during(|| {
+            for h in 0..1000u64 {
+                let key = k(h as u32).hash64();
+                assert!(m.lookup(key).is_some());
+                assert_eq!(m.preference(key).count(), 3);
+            }
+        });
+        assert_eq!(allocations, 0);
     }
 
     #[test]
@@ -831,11 +947,7 @@ mod tests {
         let s = table.stats();
         assert_eq!(s.inserts, 30_000);
         assert_eq!(s.evictions, 20_000);
-        let shard_sum: usize = table
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap().entries.len())
-            .sum();
+        let shard_sum: usize = table.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert_eq!(shard_sum, 10_000);
     }
 
@@ -898,7 +1010,7 @@ mod tests {
                     }
                 }
                 prop_assert!(table.len() <= max);
-                let held: usize = table.shards.iter().map(|s| s.lock().unwrap().entries.len()).sum();
+                let held: usize = table.shards.iter().map(|s| s.lock().unwrap().len()).sum();
                 prop_assert_eq!(held, table.len());
             }
         }

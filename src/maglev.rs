@@ -726,8 +726,15 @@ mod tests {
         assert_eq!(m.preference(1).collect::<Vec<_>>(), vec![0]);
         let m = Maglev::build([("a", 1), ("b", 1), ("c", 1)], 3).unwrap();
         assert_eq!(m.shares(), vec![1, 1, 1]);
-        let m = Maglev::build([("x", u32::MAX), ("y", u32::MAX)], MAX_TABLE_SIZE).unwrap();
-        assert_eq!(m.shares(), vec![MAX_TABLE_SIZE / 2 + 1, MAX_TABLE_SIZE / 2]);
+        let m = Maglev::build([("x", u32::MAX), ("y", u32::MAX - 1)], 65537).unwrap();
+        assert_eq!(m.shares(), vec![32769, 32768]);
+        // The largest products of the build (a full-size table, maximal weights), without
+        // paying for a 16M-slot build in a debug test run.
+        let list = [("x", u32::MAX), ("y", u32::MAX)];
+        assert_eq!(
+            hamilton_quotas(MAX_TABLE_SIZE, &list, &[0, 1]),
+            vec![MAX_TABLE_SIZE / 2 + 1, MAX_TABLE_SIZE / 2]
+        );
     }
 
     #[test]
