@@ -13,10 +13,10 @@
 //!
 //! Nothing here depends on process state. Each backend's permutation of the table comes from
 //! [`stable_hash64`] of its *name* (never its position, never std's randomly keyed hasher), so
-//! two nodes, or two versions of Portico, given the same `(name, weight)` list in the same order
-//! (in any order) and the same table size, agree on the owner of every slot. `tests/data/maglev/` pins this with
-//! vectors produced by an independent implementation; changing the hash, the seeds, or the fill
-//! order is a breaking change for mixed-version farms and must fail those tests.
+//! two nodes, or two versions of Portico, given the same `(name, weight)` pairs (in any order)
+//! and the same table size, agree on the owner of every slot. `tests/data/maglev/` pins this
+//! with vectors produced by an independent implementation; changing the hash, the seeds, or
+//! the fill order is a breaking change for mixed-version farms and must fail those tests.
 //!
 //! # Build
 //!
@@ -40,6 +40,20 @@
 //! A backend whose quota rounds to zero owns no slot; [`Maglev::preference`] still yields it,
 //! after the others.
 //!
+//! # Disruption
+//!
+//! Removing one backend should move only that backend's keys. Maglev keeps others' moves
+//! small but not zero: survivors take the freed slots in permutation order, and their later
+//! claims shift. Measured over every single removal from 40 random farms per size
+//! (`disruption_report` test, M = 65537, weights 1..=10 or equal), the share of the other
+//! backends' keys that move averages 0.03% (N = 3) to 0.6% (N = 100), and more than 99% of
+//! removals stay under 1%. The tail is larger when the removed backend owned a large share
+//! of the table and some other backend's walk is correlated with its walk. The worst case
+//! found is a skip equal to minus the removed backend's skip (mod M): the walks are then the
+//! same cycle run in opposite directions, and removing a heavy backend (weight 10 among six of
+//! weight 1) moved 7.8%. Larger tables make such coincidences rarer; the default keeps the
+//! paper's size.
+//!
 //! # Lookup and retries
 //!
 //! [`Maglev::lookup`] is one modulo and one load. [`Maglev::preference`] gives the per-key
@@ -50,9 +64,9 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
 use std::iter::FusedIterator;
 
-/// Table size used unless configured otherwise: the prime the paper recommends, well above
-/// 100 × the number of gateways a farm plausibly has, which keeps balance and disruption
-/// within about 1% (see the tests).
+/// Table size used unless configured otherwise: the prime the paper uses, well above 100 ×
+/// the number of gateways a farm plausibly has, which keeps shares within one slot of the
+/// weights and typical disruption under 1% (see "Disruption" above for the tail).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 
 /// Largest accepted table size. Slots are `u16`, so the table costs `2 × M` bytes; the cap
@@ -231,8 +245,9 @@ impl Maglev {
     /// An empty list gives a table whose lookups return `None`. The size must be prime,
     /// at most [`MAX_TABLE_SIZE`], and at least the number of backends.
     ///
-    /// Cost: `O(M log M + M log N)` time, about a millisecond for 100 backends at the
-    /// default size in release builds; allocates the table and per-backend state.
+    /// Cost: `O(M log M + M log N)` time, a few milliseconds for 100 backends at the default
+    /// size in release builds (see `benches/maglev.rs`); allocates the table and per-backend
+    /// state. Run it off the data path and publish the result.
     pub fn build<'a, I: IntoIterator<Item = (&'a str, u32)>>(
         backends: I,
         size: u32,
@@ -801,6 +816,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn weighted_disruption_is_small_on_average() {
+        let farm: Vec<(String, u32)> = (1..=12)
+            .map(|i| (format!("rdg-{i:02}.corp.example"), 1 + i % 5))
+            .collect();
+        let before = build_owned(&farm, DEFAULT_TABLE_SIZE).unwrap();
+        let mut total = 0.0;
+        for removed in 0..farm.len() {
+            let after = build_owned(&without(&farm, removed), DEFAULT_TABLE_SIZE).unwrap();
+            total += disruption(&before, &after, removed);
+        }
+        let mean = total / farm.len() as f64;
+        assert!(mean <= 0.01, "mean disruption {mean}");
+    }
+
     /// `(name, weight)` lists: 3..100 distinct names in random order, weights 1..=10.
     fn farms() -> impl Strategy<Value = Vec<(String, u32)>> {
         prop::collection::btree_set("[a-z0-9.-]{1,16}", 3..100)
@@ -836,20 +866,18 @@ mod tests {
         }
 
         /// Minimal disruption, weighted. The target was 1% of the keys not on the removed
-        /// backend, but Maglev does not guarantee it: over every removal from 40 random farms
-        /// per N (`disruption_report`), the mean is 0.03-0.6% and most removals stay under 1%,
-        /// yet the tail reaches 1.15% with equal weights (N = 20) and 3.7% with weights, when
-        /// the removed backend owned most of the table (weights 3, 9, 3: the survivors keep
-        /// walking their permutations far past where they stopped, and collide differently).
-        /// Asserting 1% would make this test flaky, so it asserts the measured tail with
-        /// margin; the typical-farm unit test above holds the 1% line.
+        /// backend per removal, which Maglev does not guarantee (module documentation,
+        /// "Disruption"): the worst measured removal moved 7.8%. Asserting 1% per removal
+        /// would make this test flaky, so it asserts 10%, which still fails loudly for any
+        /// build that is not consistent (those move most keys); the 1% line is held by the
+        /// deterministic tests above.
         #[test]
         fn removal_moves_few_other_keys(farm in farms(), pick in any::<prop::sample::Index>()) {
             let before = build_owned(&farm, DEFAULT_TABLE_SIZE).unwrap();
             let removed = pick.index(farm.len());
             let after = build_owned(&without(&farm, removed), DEFAULT_TABLE_SIZE).unwrap();
             let d = disruption(&before, &after, removed);
-            prop_assert!(d <= 0.05, "removing {} of {}: {}", removed, farm.len(), d);
+            prop_assert!(d <= 0.10, "removing {} of {}: {}", removed, farm.len(), d);
         }
     }
 
