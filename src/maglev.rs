@@ -962,3 +962,48 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod heavy_probe {
+    use super::*;
+
+    /// The shape with the worst disruption found: one weight-10 backend among six of weight
+    /// 1, the heavy one removed, over many random name sets. `PORTICO_MAGLEV_SIZE` sets M.
+    /// Run in release: `cargo test --release --lib maglev::heavy_probe -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "slow report, run on demand in release"]
+    fn heavy_removal_report() {
+        let size: u32 = std::env::var("PORTICO_MAGLEV_SIZE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(DEFAULT_TABLE_SIZE);
+        let (mut worst, mut over, farms) = (0f64, 0, 1000);
+        for f in 0..farms {
+            let names: Vec<String> = (0..7).map(|i| format!("f{f}-gw{i}")).collect();
+            let farm: Vec<(&str, u32)> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), if i == 0 { 10 } else { 1 }))
+                .collect();
+            let before = Maglev::build(farm.iter().copied(), size).unwrap();
+            let after = Maglev::build(farm[1..].iter().copied(), size).unwrap();
+            let (mut kept, mut moved) = (0u32, 0u32);
+            for k in 0..size {
+                let b = before.lookup(u64::from(k)).unwrap_or(usize::MAX);
+                if b != 0 {
+                    kept += 1;
+                    if after.lookup(u64::from(k)).map(|a| a + 1) != Some(b) {
+                        moved += 1;
+                    }
+                }
+            }
+            let d = f64::from(moved) / f64::from(kept);
+            worst = worst.max(d);
+            over += usize::from(d > 0.01);
+        }
+        println!(
+            "M={size} heavy removal: farms={farms} worst={:.3}% over_1%={over}",
+            worst * 100.0
+        );
+    }
+}
