@@ -24,11 +24,13 @@
 //!   RDG_OUT_DATA/RDG_IN_DATA header blocks, chunked coding and WebSocket frames.
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
+//! - [`cli`]: subcommands beyond wiring (`portico token ...`), returning text and status.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
 
 pub mod affinity;
 pub mod balancer;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod daemon;

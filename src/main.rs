@@ -44,6 +44,102 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Console-connect tokens: mint as VMM does, write a portal's .rdp, verify as a gateway.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct MintOpts {
+    /// Signing certificate (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its private key (PEM, mode 0600).
+    #[arg(long)]
+    key: PathBuf,
+    /// Hyper-V host identity the token names (as VMM writes it, FQDN by default).
+    #[arg(long)]
+    host: String,
+    #[arg(long, default_value_t = 2179)]
+    port: u16,
+    /// VMM's VMConnectTimeToLiveInMinutes (1..=60).
+    #[arg(long, default_value_t = 1)]
+    ttl_minutes: u64,
+    /// RSA-PSS instead of PKCS#1 v1.5.
+    #[arg(long)]
+    pss: bool,
+    /// SHA-512 instead of SHA-256.
+    #[arg(long)]
+    sha512: bool,
+}
+
+impl MintOpts {
+    fn args(&self) -> portico::cli::token::MintArgs {
+        portico::cli::token::MintArgs {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            ttl_minutes: self.ttl_minutes,
+            pss: self.pss,
+            sha512: self.sha512,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a freshly signed token.
+    Mint(MintOpts),
+    /// Write the .rdp file a portal hands a tenant.
+    Rdp {
+        #[command(flatten)]
+        mint: MintOpts,
+        /// The VM's id (the preconnection blob, `pcb`).
+        #[arg(long)]
+        vm_id: String,
+        /// The gateway alias (`gatewayhostname`).
+        #[arg(long)]
+        gateway: String,
+        /// Write here (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a token the way the gateway's FedAuth plug-in does; exit 1 naming the failed step.
+    Verify {
+        /// A thumbprint of the gateway's TrustedIssuerCertificates (repeatable).
+        #[arg(long)]
+        trusted_thumbprint: Vec<String>,
+        /// A certificate installed on the gateway, PEM (repeatable).
+        #[arg(long)]
+        trusted_cert: Vec<PathBuf>,
+        /// Clock skew allowed on expiry, seconds (default 300).
+        #[arg(long)]
+        skew_secs: Option<u64>,
+        #[arg(long)]
+        allow_sha512: bool,
+        /// Also check that this resource (CHANNEL_CREATE host) is what the token names.
+        #[arg(long)]
+        resource: Option<String>,
+        #[arg(long, default_value_t = 2179)]
+        resource_port: u16,
+        /// The token, or `-` (default) to read it from stdin.
+        #[arg(default_value = "-")]
+        token: String,
+    },
+    /// Generate an RSA-2048 signing certificate and key for the probe.
+    Keygen {
+        #[arg(long, default_value = "Portico probe token signer")]
+        cn: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 fn init_logging() {
@@ -71,6 +167,7 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Token { command } => finish(token(command)),
         Command::Check { config } => match portico::config::load(&config) {
             Ok(cfg) => {
                 print!("{}", portico::check::render_plan(&cfg));
@@ -108,6 +205,61 @@ fn main() -> ExitCode {
             run_async(None, portico::lab::run(opts))
         }
     }
+}
+
+fn token(cmd: TokenCommand) -> portico::cli::Outcome {
+    use portico::cli::token as t;
+    match cmd {
+        TokenCommand::Mint(m) => t::mint(&m.args()),
+        TokenCommand::Rdp {
+            mint,
+            vm_id,
+            gateway,
+            out,
+        } => t::rdp(&mint.args(), &vm_id, &gateway, out.as_deref()),
+        TokenCommand::Verify {
+            trusted_thumbprint,
+            trusted_cert,
+            skew_secs,
+            allow_sha512,
+            resource,
+            resource_port,
+            token,
+        } => {
+            let text = if token == "-" {
+                let mut s = String::new();
+                if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+                    return portico::cli::Outcome::fail(format!(
+                        "portico token verify: reading stdin: {e}\n"
+                    ));
+                }
+                s
+            } else {
+                token
+            };
+            let args = t::VerifyArgs {
+                trusted_thumbprints: trusted_thumbprint,
+                trusted_certs: trusted_cert,
+                skew_secs,
+                allow_sha512,
+                resource,
+                resource_port,
+            };
+            t::verify(&args, &text)
+        }
+        TokenCommand::Keygen {
+            cn,
+            days,
+            cert,
+            key,
+        } => t::keygen(&cn, days, &cert, &key),
+    }
+}
+
+fn finish(o: portico::cli::Outcome) -> ExitCode {
+    print!("{}", o.stdout);
+    eprint!("{}", o.stderr);
+    ExitCode::from(o.code)
 }
 
 fn run_async(
