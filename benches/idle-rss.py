@@ -25,7 +25,7 @@ import time
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 9900
 DEADLINE = time.monotonic() + 120
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "portico")
+BIN = os.environ.get("PORTICO_BIN") or os.path.join(ROOT, "target", "release", "portico")
 
 
 def rss_kib(pid):

@@ -31,4 +31,4 @@ cfg=$PORTICO_WORKDIR/portico.toml
   echo '[admin]'
   echo "socket = \"$PORTICO_WORKDIR/admin.sock\""
 } > "$cfg"
-exec "$here/target/release/portico" run --config "$cfg" --workers "${PORTICO_WORKERS:-2}"
+exec "${PORTICO_BIN:-$here/target/release/portico}" run --config "$cfg" --workers "${PORTICO_WORKERS:-2}"

@@ -270,7 +270,7 @@ impl Controller {
             let backend_counters = pool
                 .backends
                 .iter()
-                .map(|b| BackendCounters::new(&self.metrics, &svc.name, &b.name))
+                .map(|b| Arc::new(BackendCounters::new(&self.metrics, &svc.name, &b.name)))
                 .collect();
             services.push(ServiceView {
                 name: Arc::from(svc.name.as_str()),
@@ -284,7 +284,7 @@ impl Controller {
                 idle_timeout: svc.idle_timeout,
                 backlog: svc.backlog,
                 max_flows: svc.max_flows,
-                counters: ServiceCounters::new(&self.metrics, &svc.name),
+                counters: Arc::new(ServiceCounters::new(&self.metrics, &svc.name)),
                 backend_counters,
             });
         }

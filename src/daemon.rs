@@ -33,6 +33,8 @@ pub struct Running {
     tasks: TaskTracker,
     /// One task per proxied connection or UDP flow.
     connections: TaskTracker,
+    /// The data-plane threads (one current-thread runtime each).
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,12 +79,31 @@ impl Running {
             self.tasks.wait().await;
         })
         .await;
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         left
     }
 }
 
-/// Binds and starts everything `config` describes.
+/// Binds and starts everything `config` describes, with one data-plane thread per CPU.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, default_workers()).await
+}
+
+/// One data-plane thread per CPU the process may use.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// [`start`] with `workers` data-plane threads.
+pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Running> {
     match balancer::raise_nofile_limit() {
         Ok(n) => info!(nofile = n, "open-file limit"),
         Err(e) => warn!(error = %e, "could not raise the open-file limit"),
@@ -96,18 +117,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ),
         None => None,
     };
-    let mut tcp = Vec::new();
+    let workers = workers.max(1);
+    // tcp[w] holds worker w's listeners: (service index, name, listener).
+    let mut tcp: Vec<Vec<(usize, String, std::net::TcpListener)>> =
+        (0..workers).map(|_| Vec::new()).collect();
     let mut udp = Vec::new();
     let mut bound = Vec::new();
     for (i, svc) in config.services.iter().enumerate() {
         let addr = match svc.protocol {
             Protocol::Tcp => {
-                let l = balancer::bind_tcp(svc.listen, svc.backlog).with_context(|| {
-                    format!("service {}: cannot listen on tcp {}", svc.name, svc.listen)
-                })?;
-                let l = TcpListener::from_std(l)?;
-                let a = l.local_addr()?;
-                tcp.push((i, svc.name.clone(), l));
+                let bind = |addr| {
+                    balancer::bind_tcp(addr, svc.backlog, workers > 1).with_context(|| {
+                        format!("service {}: cannot listen on tcp {}", svc.name, svc.listen)
+                    })
+                };
+                // The first bind settles the port (when the config says 0, in tests); the
+                // other workers' listeners join it.
+                let first = bind(svc.listen)?;
+                let a = first.local_addr()?;
+                tcp[0].push((i, svc.name.clone(), first));
+                for w in tcp.iter_mut().skip(1) {
+                    w.push((i, svc.name.clone(), bind(a)?));
+                }
                 a
             }
             Protocol::Udp => {
@@ -132,16 +163,48 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let hard_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let connections = TaskTracker::new();
-    for (i, name, l) in tcp {
-        tasks.spawn(balancer::serve_tcp(
-            l,
-            Arc::from(name.as_str()),
-            i,
+    let mut threads = Vec::with_capacity(workers);
+    for (w, listeners) in tcp.into_iter().enumerate() {
+        let (snapshot, accept_stop, hard_stop, connections) = (
             snapshot.clone(),
             accept_stop.clone(),
             hard_stop.clone(),
             connections.clone(),
-        ));
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a data-plane runtime")?;
+        let t = std::thread::Builder::new()
+            .name(format!("portico-dp{w}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    for (i, name, l) in listeners {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => {
+                                tokio::spawn(balancer::serve_tcp(
+                                    l,
+                                    Arc::from(name.as_str()),
+                                    i,
+                                    snapshot.clone(),
+                                    accept_stop.clone(),
+                                    hard_stop.clone(),
+                                    connections.clone(),
+                                ));
+                            }
+                            Err(error) => {
+                                warn!(service = %name, %error, "cannot register listener")
+                            }
+                        }
+                    }
+                    // Connections live on this thread's runtime: keep it running until the
+                    // drain is over and every relay has ended.
+                    hard_stop.cancelled().await;
+                    connections.wait().await;
+                });
+            })
+            .context("starting a data-plane thread")?;
+        threads.push(t);
     }
     for (i, name, s) in udp {
         tasks.spawn(balancer::serve_udp(
@@ -188,13 +251,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hard_stop,
         tasks,
         connections,
+        threads,
     })
 }
 
 /// Runs until SIGTERM or SIGINT, then drains for the configured time.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     let drain = config.balancer.drain_timeout;
-    let running = start(config).await?;
+    let running = start_with(config, workers).await?;
     wait_for_signal().await?;
     let left = running.shutdown(drain).await;
     info!(closed_by_timeout = left, "stopped");

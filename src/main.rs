@@ -23,7 +23,7 @@ enum Command {
     Run {
         #[arg(long, short, default_value = "/etc/portico/portico.toml")]
         config: PathBuf,
-        /// Worker threads for the data plane (default: one per CPU).
+        /// Data-plane threads (default: one per CPU).
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -187,7 +187,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            run_async(workers, portico::daemon::run(cfg))
+            let workers = workers.unwrap_or_else(portico::daemon::default_workers);
+            // The data plane runs on its own threads; this runtime carries the control plane
+            // (metrics, housekeeping, UDP, signals), which needs little.
+            run_async(Some(2), portico::daemon::run(cfg, workers))
         }
         Command::Lab {
             port_base,

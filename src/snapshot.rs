@@ -127,9 +127,10 @@ pub struct ServiceView {
     pub idle_timeout: Duration,
     pub backlog: u32,
     pub max_flows: usize,
-    pub counters: ServiceCounters,
+    /// Behind an `Arc` so a connection takes one reference, not one per counter.
+    pub counters: Arc<ServiceCounters>,
     /// Indexed like the pool's `backends`.
-    pub backend_counters: Vec<BackendCounters>,
+    pub backend_counters: Vec<Arc<BackendCounters>>,
 }
 
 pub struct Snapshot {

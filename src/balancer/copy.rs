@@ -159,6 +159,11 @@ async fn drain(
                 *total += n as u64;
                 counter.inc_by(n as u64);
                 last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if n < buf.len() {
+                    // A short read almost always means the socket is empty: go back to
+                    // waiting rather than spend a read syscall to hear EAGAIN.
+                    return Ok(false);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

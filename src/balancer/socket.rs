@@ -10,13 +10,27 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 /// wait for TIME_WAIT, and `IP_FREEBIND` so the listener can be bound to the VIP before the VIP
 /// is on an interface (the standby node, or the master before VRRP settles), without writing
 /// `net.ipv4.ip_nonlocal_bind` (which a hardened systemd unit cannot).
-pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+///
+/// With `reuse_port` several listeners share the address (`SO_REUSEPORT`): the kernel spreads
+/// new connections over them, one per data-plane thread, so a connection is accepted, relayed
+/// and closed on one thread without hand-offs (HAProxy's and nginx's model).
+pub fn bind_tcp(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     set_freebind(&sock, addr)?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
+    // Accepted sockets inherit these from the listener (Linux copies TCP_NODELAY and the
+    // keepalive settings at accept), which saves five setsockopt calls per client connection.
+    set_stream_options(&SockRef::from(&sock))?;
     sock.bind(&addr.into())?;
     sock.listen(backlog.min(i32::MAX as u32) as i32)?;
     sock.set_nonblocking(true)?;
@@ -48,15 +62,20 @@ fn set_freebind(sock: &Socket, addr: SocketAddr) -> io::Result<()> {
 }
 
 /// Options on every proxied TCP socket: no Nagle (RDP is interactive) and keepalive, so a
-/// client that vanished without a FIN is noticed long before the 4 h idle timeout.
-pub fn tune_stream(stream: &tokio::net::TcpStream) {
-    let sock = SockRef::from(stream);
-    let _ = sock.set_tcp_nodelay(true);
+/// peer that vanished without a FIN is noticed long before the 4 h idle timeout.
+fn set_stream_options(sock: &SockRef<'_>) -> io::Result<()> {
+    sock.set_tcp_nodelay(true)?;
     let ka = TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
         .with_retries(6);
-    let _ = sock.set_tcp_keepalive(&ka);
+    sock.set_tcp_keepalive(&ka)
+}
+
+/// The same options on a backend connection (client connections inherit them from the
+/// listener). Best effort: a socket that refuses them still relays correctly.
+pub fn tune_stream(stream: &tokio::net::TcpStream) {
+    let _ = set_stream_options(&SockRef::from(stream));
 }
 
 /// Raises the soft open-file limit to the hard limit: every proxied connection costs two

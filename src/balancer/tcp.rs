@@ -87,7 +87,7 @@ fn is_transient(e: &io::Error) -> bool {
 struct Connected {
     stream: TcpStream,
     backend: Arc<str>,
-    counters: BackendCounters,
+    counters: Arc<BackendCounters>,
 }
 
 async fn handle(
@@ -108,7 +108,6 @@ async fn handle(
     counters.accepted.inc();
     counters.active.inc();
     let idle = svc.idle_timeout;
-    tune_stream(&client);
     let connected = connect(&snap, svc, peer).await;
     drop(snap);
     if let Some(c) = connected {

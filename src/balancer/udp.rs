@@ -32,7 +32,7 @@ struct Flow {
     last: Arc<AtomicU64>,
     started: Instant,
     done: Arc<AtomicBool>,
-    counters: BackendCounters,
+    counters: Arc<BackendCounters>,
 }
 
 /// Serves one UDP service until `accept_stop` fires. Unlike a TCP connection, a UDP flow has
@@ -49,7 +49,7 @@ pub async fn serve_udp(
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    let mut counters: Option<ServiceCounters> = None;
+    let mut counters: Option<Arc<ServiceCounters>> = None;
     loop {
         let (n, peer) = tokio::select! {
             _ = accept_stop.cancelled() => break,
@@ -173,7 +173,7 @@ async fn relay_back(
     started: Instant,
     done: Arc<AtomicBool>,
     idle: Duration,
-    counters: BackendCounters,
+    counters: Arc<BackendCounters>,
     drops: prometheus::IntCounter,
     stop: CancellationToken,
 ) {
