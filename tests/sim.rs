@@ -558,3 +558,56 @@ async fn wrong_state_is_answered_and_kill_refuses() {
     assert!(c.recv().await.is_err());
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+/// PROTOCOLS.md §2.1: FreeRDP 2.11's first request verbatim, with its 15-character key that is
+/// not base64, then its first frame (HANDSHAKE_REQUEST, masked).
+#[tokio::test]
+async fn freerdp_first_request_verbatim() {
+    let gw = gateway(None).await;
+    let mut s = raw_tls(&gw).await;
+    let req = "RDG_OUT_DATA /remoteDesktopGateway/ HTTP/1.1\r\n\
+        Cache-Control: no-cache\r\n\
+        Pragma: no-cache\r\n\
+        Accept: */*\r\n\
+        User-Agent: MS-RDGateway/1.0\r\n\
+        Host: localhost\r\n\
+        Connection: Upgrade\r\n\
+        Upgrade: websocket\r\n\
+        Sec-Websocket-Version: 13\r\n\
+        Sec-Websocket-Key: PJYYCGFIEV_PBHQ\r\n\
+        RDG-Connection-Id: {668dd9b2-7df1-ad77-8a15-69c3c90caf43}\r\n\
+        RDG-Auth-Scheme: PAA\r\n\
+        Content-Length: 0\r\n\r\n";
+    s.write_all(req.as_bytes()).await.expect("write");
+    // PROTOCOLS.md §2 example frame: HANDSHAKE_REQUEST masked with 11 22 33 44.
+    s.write_all(&[
+        0x82, 0x8E, 0x11, 0x22, 0x33, 0x44, 0x10, 0x22, 0x33, 0x44, 0x1F, 0x22, 0x33, 0x44, 0x10,
+        0x22, 0x33, 0x44, 0x13, 0x22,
+    ])
+    .await
+    .expect("frame");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let want_tail = [
+        0x82, 18, 2, 0, 0, 0, 0x12, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0,
+    ];
+    while !got.ends_with(&want_tail) {
+        let n = tokio::time::timeout(TIMEOUT, s.read(&mut buf))
+            .await
+            .expect("timely")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{text}"
+    );
+    let accept = http::websocket_accept(b"PJYYCGFIEV_PBHQ");
+    assert!(
+        text.contains(&format!("Sec-WebSocket-Accept: {accept}\r\n")),
+        "{text}"
+    );
+    assert!(text.contains("\r\nDate: "), "{text}");
+}
