@@ -611,3 +611,54 @@ async fn freerdp_first_request_verbatim() {
     );
     assert!(text.contains("\r\nDate: "), "{text}");
 }
+
+#[tokio::test]
+async fn control_socket_sets_faults_and_reports() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let gw = gateway(None).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ctl_addr = l.local_addr().expect("addr");
+    gw.serve_control(l);
+    let s = TcpStream::connect(ctl_addr).await.expect("connect control");
+    let (rd, mut wr) = s.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut ask = async |cmd: &str| {
+        wr.write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            rd.read_line(&mut line).await.expect("read");
+            out.push_str(&line);
+            if line.starts_with("ok") || line.starts_with("err") || line.is_empty() {
+                return out;
+            }
+        }
+    };
+    assert_eq!(ask("fault http-503").await, "ok faults=http-503\n");
+    assert_eq!(ask("fault slow:5").await, "ok faults=http-503,slow:5\n");
+    assert!(matches!(
+        RdgClient::connect(&client_cfg(&gw, Transport::WebSocket)).await,
+        Err(ClientError::HttpStatus(503))
+    ));
+    assert!(ask("fault bogus").await.starts_with("err unknown fault"));
+    assert_eq!(ask("clear http-503").await, "ok faults=slow:5\n");
+    assert_eq!(ask("clear").await, "ok faults=-\n");
+    assert_eq!(
+        tunnel_status(&gw, Transport::Legacy, &good_token()).await,
+        Some(0)
+    );
+    settled(&gw, 1).await;
+    let stats = ask("stats").await;
+    assert!(stats.contains(" http_fault_answers=1 "), "{stats}");
+    assert!(stats.contains(" tokens_ok=1 "), "{stats}");
+    let recs = ask("records").await;
+    assert!(recs.starts_with("record seq=1 "), "{recs}");
+    assert!(
+        recs.contains("transport=legacy verdict=\"ok host=localhost port=2179\""),
+        "{recs}"
+    );
+    assert!(recs.ends_with("ok 1\n"), "{recs}");
+    assert!(ask("frobnicate").await.starts_with("err unknown command"));
+}

@@ -15,8 +15,10 @@
 //! - [`certs`]: a throw-away CA with a good, an expired and a wrong-name server certificate,
 //!   for the `expired-cert` / `wrong-san` faults.
 //! - `fault`: [`Fault`] (parsed from `token-reject`, `slow:250`, …) and [`Faults`].
+//! - [`control`]: the line-based control socket (`fault slow:250`, `stats`, `records`).
 //!
-//! Control: [`SimGateway::control`] returns a cloneable [`SimControl`] handle; faults set
+//! Control: [`SimGateway::control`] returns a cloneable [`SimControl`] handle (and
+//! [`SimGateway::serve_control`] exposes the same over a line-based socket); faults set
 //! through it apply to the next connection / request / TUNNEL_CREATE, established tunnels are
 //! left alone (as on a real gateway whose configuration changes).
 //!
@@ -33,6 +35,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod control;
 mod fault;
 mod server;
 pub mod session;

@@ -57,6 +57,13 @@ macro_rules! counters {
                 StatsSnapshot { $($name: self.$name.load(Relaxed),)* }
             }
         }
+
+        impl StatsSnapshot {
+            /// Every counter as `(name, value)`, in declaration order.
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
     };
 }
 
@@ -253,6 +260,50 @@ impl SimGateway {
     /// Waits until every task has ended after [`SimGateway::kill`].
     pub async fn stopped(&self) {
         self.tasks.wait().await;
+    }
+
+    /// Serves the line-based control protocol ([`super::control`]) on `listener` until the
+    /// gateway is killed. Bind it to loopback: it has no authentication.
+    pub fn serve_control(&self, listener: TcpListener) {
+        let (control, tasks) = (self.control.clone(), self.tasks.clone());
+        self.tasks.spawn(async move {
+            let stop = control.shared.stop.clone();
+            loop {
+                let s = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let (c, stop) = (control.clone(), stop.clone());
+                tasks.spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = super::control::serve_conn(c, s) => {}
+                    }
+                });
+            }
+        });
+    }
+
+    /// [`SimGateway::serve_control`] on a Unix socket (put it in a directory only the user
+    /// can reach).
+    pub fn serve_control_unix(&self, listener: tokio::net::UnixListener) {
+        let (control, tasks) = (self.control.clone(), self.tasks.clone());
+        self.tasks.spawn(async move {
+            let stop = control.shared.stop.clone();
+            loop {
+                let s = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let (c, stop) = (control.clone(), stop.clone());
+                tasks.spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = super::control::serve_conn(c, s) => {}
+                    }
+                });
+            }
+        });
     }
 
     /// See [`SimControl::set_fault`].
