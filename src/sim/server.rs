@@ -1217,4 +1217,34 @@ mod tests {
         assert_eq!(pk, [1, 2]);
         assert_eq!(rep, [0x8A, 2, b'h', b'i', 0x88, 2, 3, 232]);
     }
+
+    proptest::proptest! {
+        /// Whatever the client sends, framing and the session never panic and the packet
+        /// buffer stays bounded.
+        #[test]
+        fn arbitrary_input_never_panics(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..20),
+            mode in 0u8..4,
+        ) {
+            let mut input = match mode {
+                0 => Input::MaybeSecondHead(Vec::new()),
+                1 => Input::Chunked(ChunkedDecoder::new(MAX_CHUNK)),
+                2 => Input::Raw { left: 5000 },
+                _ => Input::WebSocket(FrameDecoder::new(MAX_WS_PAYLOAD)),
+            };
+            let verifier = Verifier::new([]);
+            let mut session = Session::new(1, SessionOptions::default());
+            let (mut pkts, mut replies) = (Vec::new(), Vec::new());
+            for c in &chunks {
+                if input.feed(c, &mut pkts, &mut replies).is_err() {
+                    break;
+                }
+                while let Ok((p, n)) = Packet::parse(&pkts) {
+                    pkts.drain(..n);
+                    let _ = session.handle(p, &verifier, 0);
+                }
+                proptest::prop_assert!(pkts.len() <= packet::MAX_CONTROL_PACKET + MAX_WS_PAYLOAD);
+            }
+        }
+    }
 }
