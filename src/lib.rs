@@ -22,6 +22,8 @@
 //!   step by step as the FedAuth gateway plug-in does, redact it for logs, write the .rdp file.
 //! - [`rdg`]: the MS-TSGU (RD Gateway HTTP transport) codec (pure): packets, HRESULTs, the
 //!   RDG_OUT_DATA/RDG_IN_DATA header blocks, chunked coding and WebSocket frames.
+//! - [`sim`]: the simulated RD Gateway (TLS, both MS-TSGU transports, FedAuth token check,
+//!   channel relay, fault injection, verdict records) for tests, the lab and drills.
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
 //! - [`cli`]: subcommands beyond wiring (`portico token ...`), returning text and status.
@@ -38,5 +40,6 @@ pub mod lab;
 pub mod maglev;
 pub mod metrics;
 pub mod rdg;
+pub mod sim;
 pub mod snapshot;
 pub mod token;
