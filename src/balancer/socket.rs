@@ -72,10 +72,12 @@ fn set_stream_options(sock: &SockRef<'_>) -> io::Result<()> {
     sock.set_tcp_keepalive(&ka)
 }
 
-/// The same options on a backend connection (client connections inherit them from the
-/// listener). Best effort: a socket that refuses them still relays correctly.
+/// Options on a backend connection: no Nagle. No keepalive: the gateways sit on the
+/// balancer's LAN, where a vanished peer shows up as a reset, and the idle timeout bounds the
+/// rest; every syscall counts on short connections. Best effort: a socket that refuses it
+/// still relays correctly.
 pub fn tune_stream(stream: &tokio::net::TcpStream) {
-    let _ = set_stream_options(&SockRef::from(stream));
+    let _ = SockRef::from(stream).set_tcp_nodelay(true);
 }
 
 /// Raises the soft open-file limit to the hard limit: every proxied connection costs two

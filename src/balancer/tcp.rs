@@ -91,7 +91,7 @@ struct Connected {
 }
 
 async fn handle(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     service: Arc<str>,
     hint: usize,
@@ -110,12 +110,12 @@ async fn handle(
     let idle = svc.idle_timeout;
     let connected = connect(&snap, svc, peer).await;
     drop(snap);
-    if let Some(c) = connected {
+    if let Some(mut c) = connected {
         c.counters.connections.inc();
         c.counters.active.inc();
         let (end, moved) = relay(
-            &client,
-            &c.stream,
+            &mut client,
+            &mut c.stream,
             idle,
             &c.counters.bytes_to_backend,
             &c.counters.bytes_to_client,
