@@ -1,6 +1,8 @@
-//! The simulated gateway against a client nobody here wrote: FreeRDP 2.11 (`xfreerdp`, run
-//! under `xvfb-run`), over both MS-TSGU transports, with a good, an expired and an
-//! untrusted-signer token. A local TCP listener stands in for the Hyper-V host (the token names
+//! The simulated gateways behind the balancer, against a client nobody here wrote: FreeRDP
+//! 2.11 (`xfreerdp`, run under `xvfb-run`) connects to Portico's TLS service, which spreads
+//! three simulated gateways; over both MS-TSGU transports (the legacy one opens two TLS
+//! connections that only work if affinity lands both on one gateway), with a good, an expired
+//! and an untrusted-signer token. A local TCP listener stands in for the Hyper-V host (the token names
 //! `localhost`, the simulator's `target_override` maps it there); it records what it received
 //! and closes, so xfreerdp gives up quickly after the channel has carried its first RDP bytes.
 //!
@@ -21,6 +23,8 @@ use portico::sim::{CloseReason, SimConfig, SimGateway, TokenVerdict, Transport, 
 use portico::token::{mint, MintRequest, SigningIdentity, Verifier};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
+
+mod common;
 
 /// Each xfreerdp run is killed after this.
 const RUN_LIMIT: Duration = Duration::from_secs(20);
@@ -127,13 +131,22 @@ fn temp_home() -> PathBuf {
     dir
 }
 
-/// The records made since `from` (xfreerdp may open several tunnels in one run: its RDP
-/// security negotiation retries with another protocol when the target hangs up), once their
-/// tunnels have ended.
-async fn records_since(gw: &SimGateway, from: usize) -> Vec<TunnelRecord> {
+/// How many records each gateway of the farm holds now.
+fn marks(farm: &[SimGateway]) -> Vec<usize> {
+    farm.iter().map(|g| g.records().len()).collect()
+}
+
+/// The records the farm made since `from` (xfreerdp may open several tunnels in one run: its
+/// RDP security negotiation retries with another protocol when the target hangs up), once
+/// their tunnels have ended.
+async fn records_since(farm: &[SimGateway], from: &[usize]) -> Vec<TunnelRecord> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let r: Vec<TunnelRecord> = gw.records().into_iter().skip(from).collect();
+        let r: Vec<TunnelRecord> = farm
+            .iter()
+            .zip(from)
+            .flat_map(|(g, &n)| g.records().into_iter().skip(n))
+            .collect();
         let done = !r.is_empty() && r.iter().all(|r| r.close_reason != CloseReason::Open);
         if done || Instant::now() > deadline {
             return r;
@@ -143,7 +156,7 @@ async fn records_since(gw: &SimGateway, from: usize) -> Vec<TunnelRecord> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn freerdp_through_the_simulated_gateway() {
+async fn freerdp_through_the_balancer_to_simulated_gateways() {
     if !on_path("xfreerdp") || !on_path("xvfb-run") {
         eprintln!(
             "\n*** SKIPPING freerdp test: xfreerdp and/or xvfb-run not installed \
@@ -156,15 +169,27 @@ async fn freerdp_through_the_simulated_gateway() {
     let (stranger, _) = SigningIdentity::generate("stranger", 30, now() - 86_400).expect("key");
     let pki = SimPki::generate("rdgw.sim.test", &[]).expect("pki");
     let (target, got) = fake_hyperv().await;
-    let mut cfg = SimConfig::new(
-        "web01",
-        pki.server_config().expect("tls"),
-        Verifier::new([signer.trusted_cert()]),
-    );
-    cfg.target_override = Some(target);
-    let gw = SimGateway::spawn("127.0.0.1:0".parse().expect("addr"), cfg)
-        .await
-        .expect("spawn");
+    let mut farm = Vec::new();
+    for name in ["web01", "web02", "web03"] {
+        let mut cfg = SimConfig::new(
+            name,
+            pki.server_config().expect("tls"),
+            Verifier::new([signer.trusted_cert()]),
+        );
+        cfg.target_override = Some(target);
+        let gw = SimGateway::spawn("127.0.0.1:0".parse().expect("addr"), cfg)
+            .await
+            .expect("spawn");
+        farm.push(gw);
+    }
+    let balancer = portico::daemon::start(common::config(&[
+        ("web01", farm[0].addr(), 1),
+        ("web02", farm[1].addr(), 1),
+        ("web03", farm[2].addr(), 1),
+    ]))
+    .await
+    .expect("balancer");
+    let vip = balancer.local_addr("rdgw-https").expect("tls service");
     let home = temp_home();
     let mint_at = |id: &SigningIdentity, at: u64| {
         let mut req = MintRequest::new(HOST);
@@ -179,14 +204,14 @@ async fn freerdp_through_the_simulated_gateway() {
             Transport::WebSocket
         };
         let before = got.load(Ordering::Relaxed);
-        let from = gw.records().len();
+        let from = marks(&farm);
         let h = home.clone();
-        let addr = gw.addr();
+        let addr = vip;
         let token = mint_at(&signer, now());
         let run = tokio::task::spawn_blocking(move || xfreerdp(&h, addr, &token, legacy))
             .await
             .expect("join");
-        let recs = records_since(&gw, from).await;
+        let recs = records_since(&farm, &from).await;
         eprintln!(
             "freerdp {}: exit {:?} after {:?}; {} tunnel(s): {recs:#?}",
             transport.as_str(),
@@ -240,13 +265,13 @@ async fn freerdp_through_the_simulated_gateway() {
             true,
         ),
     ] {
-        let from = gw.records().len();
+        let from = marks(&farm);
         let h = home.clone();
-        let addr = gw.addr();
+        let addr = vip;
         let run = tokio::task::spawn_blocking(move || xfreerdp(&h, addr, &token, legacy))
             .await
             .expect("join");
-        let recs = records_since(&gw, from).await;
+        let recs = records_since(&farm, &from).await;
         eprintln!(
             "freerdp {what}: exit {:?} after {:?}; {recs:#?}",
             run.status, run.elapsed
@@ -267,6 +292,14 @@ async fn freerdp_through_the_simulated_gateway() {
             .unwrap_or_else(|| panic!("{what}: xfreerdp hung:\n{}", run.output));
         assert!(!st.success(), "{what}: xfreerdp exited 0:\n{}", run.output);
     }
+    // Both channels of every legacy tunnel met on one gateway: the simulators paired them
+    // (an IN without its OUT would have been refused and counted).
+    let unpaired: u64 = farm.iter().map(|g| g.stats().in_without_out).sum();
+    assert_eq!(
+        unpaired, 0,
+        "an RDG_IN_DATA reached a gateway without its RDG_OUT_DATA"
+    );
+    balancer.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&home);
     eprintln!("freerdp test took {:?}", t0.elapsed());
 }
