@@ -44,6 +44,37 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// One simulated RD Gateway (TLS, MS-TSGU, console-token check, faults).
+    SimGateway {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// TLS certificate chain (PEM): CN the alias, SANs the node names.
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "web01")]
+        name: String,
+        /// A thumbprint of the FedAuth TrustedIssuerCertificates (repeatable).
+        #[arg(long)]
+        trusted_thumbprint: Vec<String>,
+        /// A token-signing certificate installed on the gateway, PEM (repeatable).
+        #[arg(long)]
+        trusted_cert: Vec<PathBuf>,
+        /// A fault active from the start (repeatable): token-reject, untrusted-issuer,
+        /// slow:<ms>, hang, reset-after-handshake, http-503, http-401, websocket-unsupported.
+        #[arg(long)]
+        fault: Vec<String>,
+        /// UDP side (answers each datagram with the gateway's name).
+        #[arg(long)]
+        udp: Option<std::net::SocketAddr>,
+        /// Line-based control socket on a loopback address (`fault token-reject`, `records`).
+        #[arg(long)]
+        control: Option<std::net::SocketAddr>,
+        /// Open every channel here instead of the host the client asks for.
+        #[arg(long)]
+        target_override: Option<std::net::SocketAddr>,
+    },
     /// Console-connect tokens: mint as VMM does, write a portal's .rdp, verify as a gateway.
     Token {
         #[command(subcommand)]
@@ -168,6 +199,33 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Token { command } => finish(token(command)),
+        Command::SimGateway {
+            listen,
+            cert,
+            key,
+            name,
+            trusted_thumbprint,
+            trusted_cert,
+            fault,
+            udp,
+            control,
+            target_override,
+        } => {
+            init_logging();
+            let args = portico::cli::sim::SimArgs {
+                listen,
+                cert,
+                key,
+                name,
+                trusted_thumbprints: trusted_thumbprint,
+                trusted_certs: trusted_cert,
+                faults: fault,
+                udp,
+                control,
+                target_override,
+            };
+            run_async(Some(2), portico::cli::sim::run(args))
+        }
         Command::Check { config } => match portico::config::load(&config) {
             Ok(cfg) => {
                 print!("{}", portico::check::render_plan(&cfg));

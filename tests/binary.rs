@@ -42,7 +42,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitSt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lab_serves_tls_udp_and_metrics_then_stops_cleanly_on_sigterm() {
+async fn lab_serves_ms_tsgu_udp_and_metrics_then_stops_cleanly_on_sigterm() {
     let dir = tempdir("lab");
     // Base 12000 keeps every lab port below the ephemeral range and away from the defaults.
     let child = Command::new(BIN)
@@ -73,23 +73,75 @@ async fn lab_serves_tls_udp_and_metrics_then_stops_cleanly_on_sigterm() {
     }
     let all = printed.join("\n");
     assert!(
-        all.contains("curl --cacert"),
-        "lab prints a curl line: {all}"
+        all.contains("xfreerdp /g:127.0.0.1:12443"),
+        "lab prints a client line: {all}"
     );
     assert!(all.contains("http://127.0.0.1:11469/metrics"), "{all}");
-
-    // The lab's TLS service presents the farm certificate from the CA it wrote.
-    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
-    let vip: SocketAddr = "127.0.0.1:12443".parse().unwrap();
-    let name = which_gateway_with_ca(source(9), vip, &ca).await;
+    let rdp = std::fs::read_to_string(dir.join("console.rdp")).expect("the lab writes console.rdp");
     assert!(
-        ["web01", "web02", "web03"].contains(&name.as_str()),
-        "answered by {name}"
+        rdp.contains("gatewayhostname:s:rdgw.lab.test:12443\r\n"),
+        "{rdp}"
     );
-    let udp = udp_which(source(9), "127.0.0.1:15391".parse().unwrap())
-        .await
+
+    // A console token minted with the lab's signer, as a portal would, opens a tunnel and a
+    // channel through the balancer.
+    let p = |f: &str| dir.join(f).to_string_lossy().to_string();
+    let mint = Command::new(BIN)
+        .args([
+            "token",
+            "mint",
+            "--cert",
+            &p("signer.pem"),
+            "--key",
+            &p("signer.key"),
+            "--host",
+            "hv01.lab.test",
+        ])
+        .output()
         .unwrap();
-    assert_eq!(udp, name, "the client's UDP flow meets its TLS channel");
+    assert!(
+        mint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mint.stderr)
+    );
+    let token = String::from_utf8_lossy(&mint.stdout).trim().to_string();
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let cfg = portico::sim::client::ClientConfig {
+        addr: "127.0.0.1:12443".parse().unwrap(),
+        server_name: "rdgw.lab.test".into(),
+        tls: client_tls(&ca),
+        transport: portico::sim::Transport::WebSocket,
+        timeout: Duration::from_secs(5),
+    };
+    let (mut c, connected) = portico::sim::client::RdgClient::connect(&cfg)
+        .await
+        .expect("MS-TSGU connect");
+    assert_eq!(connected.status, 101);
+    let st = c.open_tunnel(&token, "LAB-TEST").await.unwrap();
+    assert!(st.is_ok(), "{st:?}");
+    assert_eq!(c.create_channel("hv01.lab.test", 2179).await.unwrap(), 0);
+
+    // The gateway that holds the tunnel (from its control socket) also gets the client's UDP.
+    let mut holder = None;
+    for gw in ["web01", "web02", "web03"] {
+        if control(&dir.join(format!("{gw}.ctl")), "records")
+            .await
+            .contains("target=hv01.lab.test:2179")
+        {
+            holder = Some(gw);
+        }
+    }
+    let holder = holder.expect("one gateway recorded the channel");
+    let udp = udp_which(
+        "127.0.0.1".parse().unwrap(),
+        "127.0.0.1:15391".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        udp, holder,
+        "the client's UDP flow meets its MS-TSGU channel"
+    );
     let m = scrape("127.0.0.1:11469".parse().unwrap()).await;
     assert_eq!(
         metric(
@@ -98,6 +150,7 @@ async fn lab_serves_tls_udp_and_metrics_then_stops_cleanly_on_sigterm() {
         ),
         1.0
     );
+    drop(c);
 
     sigterm(&g.0);
     let st = wait_exit(&mut g.0, Duration::from_secs(15)).expect("lab exits after SIGTERM");
@@ -105,7 +158,7 @@ async fn lab_serves_tls_udp_and_metrics_then_stops_cleanly_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn which_gateway_with_ca(from: std::net::IpAddr, to: SocketAddr, ca_pem: &[u8]) -> String {
+fn client_tls(ca_pem: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem) {
@@ -118,13 +171,28 @@ async fn which_gateway_with_ca(from: std::net::IpAddr, to: SocketAddr, ca_pem: &
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = tcp_from(from, to).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("rdgw.lab.test").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(name, tcp)
+    std::sync::Arc::new(cfg)
+}
+
+/// One command on a simulated gateway's control socket; the whole reply.
+async fn control(path: &std::path::Path, cmd: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let s = tokio::net::UnixStream::connect(path)
         .await
-        .unwrap();
-    ask(&mut tls).await.unwrap()
+        .expect("control socket");
+    let (r, mut w) = s.into_split();
+    w.write_all(format!("{cmd}\n").as_bytes()).await.unwrap();
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    let mut out = String::new();
+    while let Ok(Some(l)) = lines.next_line().await {
+        let done = l.starts_with("ok") || l.starts_with("err");
+        out.push_str(&l);
+        out.push('\n');
+        if done {
+            break;
+        }
+    }
+    out
 }
 
 #[test]
@@ -287,4 +355,117 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// `portico sim-gateway` as its own process: it checks tokens against the trusted signer and
+/// takes faults over its control socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_gateway_process_checks_tokens_and_takes_faults() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = tempdir("simgw");
+    let p = |f: &str| dir.join(f).to_string_lossy().to_string();
+    let tls = rcgen::generate_simple_self_signed(vec!["rdgw.test".to_string()]).unwrap();
+    std::fs::write(p("tls.pem"), tls.cert.pem()).unwrap();
+    std::fs::write(p("tls.key"), tls.signing_key.serialize_pem()).unwrap();
+    let kg = Command::new(BIN)
+        .args([
+            "token",
+            "keygen",
+            "--cert",
+            &p("signer.pem"),
+            "--key",
+            &p("signer.key"),
+        ])
+        .output()
+        .unwrap();
+    assert!(kg.status.success());
+    let (port, ctl) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args([
+            "sim-gateway",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cert",
+            &p("tls.pem"),
+            "--key",
+            &p("tls.key"),
+        ])
+        .args([
+            "--trusted-cert",
+            &p("signer.pem"),
+            "--name",
+            "web07",
+            "--control",
+            &format!("127.0.0.1:{ctl}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut g = Guard(child);
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", ctl)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "sim-gateway did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mint = Command::new(BIN)
+        .args([
+            "token",
+            "mint",
+            "--cert",
+            &p("signer.pem"),
+            "--key",
+            &p("signer.key"),
+            "--host",
+            "hv01.lab.test",
+        ])
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&mint.stdout).trim().to_string();
+    let cfg = portico::sim::client::ClientConfig {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        server_name: "rdgw.test".into(),
+        tls: client_tls(tls.cert.pem().as_bytes()),
+        transport: portico::sim::Transport::Legacy,
+        timeout: Duration::from_secs(5),
+    };
+    let open = || async {
+        let (mut c, _) = portico::sim::client::RdgClient::connect(&cfg)
+            .await
+            .expect("connect");
+        c.open_tunnel(&token, "TEST")
+            .await
+            .expect("tunnel exchange")
+    };
+    assert!(
+        open().await.is_ok(),
+        "a token from the trusted signer opens a tunnel"
+    );
+
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", ctl))
+        .await
+        .unwrap();
+    let (r, mut w) = s.into_split();
+    w.write_all(b"fault token-reject\n").await.unwrap();
+    let reply = tokio::io::BufReader::new(r)
+        .lines()
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(reply.starts_with("ok"), "{reply}");
+    let st = open().await;
+    assert_eq!(
+        st.tunnel,
+        Some(portico::rdg::hresult::E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED),
+        "{st:?}"
+    );
+
+    sigterm(&g.0);
+    let st = wait_exit(&mut g.0, Duration::from_secs(10)).expect("sim-gateway exits after SIGTERM");
+    assert!(st.success());
+    let _ = std::fs::remove_dir_all(&dir);
 }

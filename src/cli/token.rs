@@ -70,7 +70,7 @@ pub fn rdp(a: &MintArgs, vm_id: &str, gateway: &str, out: Option<&std::path::Pat
     };
     match out {
         None => Outcome::ok(text),
-        Some(path) => match write_private(path, text.as_bytes()) {
+        Some(path) => match token::write_secret_file(path, text.as_bytes()) {
             Ok(()) => Outcome::ok(format!(
                 "wrote {} (token {})\n",
                 path.display(),
@@ -82,18 +82,6 @@ pub fn rdp(a: &MintArgs, vm_id: &str, gateway: &str, out: Option<&std::path::Pat
             )),
         },
     }
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
 }
 
 /// Options of `portico token verify`.

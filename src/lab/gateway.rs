@@ -65,23 +65,7 @@ impl StandIn {
                 }
             });
         }
-        {
-            let (stop, name) = (stop.clone(), name_s.clone());
-            tasks.spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                loop {
-                    let (n, peer) = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        r = udp.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
-                    };
-                    let mut reply = Vec::with_capacity(name.len() + 1 + n);
-                    reply.extend_from_slice(name.as_bytes());
-                    reply.push(b' ');
-                    reply.extend_from_slice(&buf[..n]);
-                    let _ = udp.send_to(&reply, peer).await;
-                }
-            });
-        }
+        tasks.spawn(udp_name_responder(name_s.clone(), udp, stop.clone()));
         tasks.close();
         Ok(StandIn {
             name: name.to_string(),
@@ -95,6 +79,24 @@ impl StandIn {
     pub async fn kill(&self) {
         self.stop.cancel();
         self.tasks.wait().await;
+    }
+}
+
+/// Answers every datagram with `<name> <datagram>` until `stop`: the gateway's UDP 3391 side,
+/// enough to see which gateway a client's UDP flow reached.
+pub async fn udp_name_responder(name: Arc<str>, udp: UdpSocket, stop: CancellationToken) {
+    let mut buf = vec![0u8; 2048];
+    let mut reply = Vec::with_capacity(name.len() + 1 + buf.len());
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = udp.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
+        };
+        reply.clear();
+        reply.extend_from_slice(name.as_bytes());
+        reply.push(b' ');
+        reply.extend_from_slice(&buf[..n]);
+        let _ = udp.send_to(&reply, peer).await;
     }
 }
 

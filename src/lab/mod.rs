@@ -1,7 +1,9 @@
-//! `portico lab`: the embedded default. On loopback it starts three gateway stand-ins behind
-//! a farm certificate from a throw-away CA, writes the config it generated, starts the
-//! balancer from that config (through the same parser an operator's file goes through), and
-//! prints what to try.
+//! `portico lab`: the embedded default. On loopback it starts three simulated RD Gateways
+//! (TLS with the farm certificate from a throw-away CA, MS-TSGU over both transports, the VMM
+//! console-token check against a lab signing certificate they trust, a UDP side per gateway),
+//! a TCP stand-in for the Hyper-V host's VMConnect port, writes the config it generated,
+//! starts the balancer from that config (through the same parser an operator's file goes
+//! through), writes a ready .rdp file, and prints what to try.
 //!
 //! Fixed defaults (DESIGN.md), all moved together by `--port-base` (default 10000):
 //!
@@ -12,18 +14,22 @@
 //! | DNS                       | 127.0.0.1:10053         | +53                  |
 //! | metrics                   | 127.0.0.1:9469          | −531                 |
 //! | gateways web01..web03     | 127.0.0.1:20443..20445  | +10443..+10445       |
+//! | Hyper-V stand-in (2179)   | 127.0.0.1:12179         | +2179                |
 
 pub mod gateway;
-pub mod pki;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 
 pub use gateway::StandIn;
-pub use pki::LabPki;
+
+use crate::sim::certs::SimPki;
+use crate::sim::{SimConfig, SimGateway};
+use crate::token::{MintRequest, SigningIdentity, Verifier};
 
 /// The alias every lab certificate and config uses.
 pub const ALIAS: &str = "rdgw.lab.test";
@@ -39,6 +45,8 @@ pub struct LabPorts {
     pub dns: SocketAddr,
     pub metrics: SocketAddr,
     pub gateways: [SocketAddr; 3],
+    /// Where the simulated gateways open their channels (the Hyper-V host's 2179).
+    pub hyperv: SocketAddr,
 }
 
 impl LabPorts {
@@ -57,6 +65,7 @@ impl LabPorts {
             dns: at(53)?,
             metrics: at(-531)?,
             gateways: [at(10443)?, at(10444)?, at(10445)?],
+            hyperv: at(2179)?,
         })
     }
 }
@@ -134,6 +143,10 @@ pub struct LabOptions {
     pub print_config: bool,
 }
 
+/// The host every lab token names (the simulated gateways send its channels to the
+/// Hyper-V stand-in).
+pub const HYPERV_HOST: &str = "hv01.lab.test";
+
 /// Runs the lab until SIGINT/SIGTERM.
 pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     let ports = LabPorts::new(opts.port_base)?;
@@ -145,24 +158,58 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("creating {}", opts.dir.display()))?;
     restrict_dir(&opts.dir)?;
-    let nodes: Vec<String> = GATEWAYS.iter().map(|n| node_fqdn(n)).collect();
-    let pki = LabPki::generate(ALIAS, &nodes).context("generating the lab certificates")?;
-    let ca_path = opts.dir.join("ca.pem");
-    std::fs::write(&ca_path, &pki.ca_pem)
-        .with_context(|| format!("writing {}", ca_path.display()))?;
-    let tls = pki
-        .server_config()
-        .context("building the gateways' TLS config")?;
+    let path = |f: &str| opts.dir.join(f);
 
-    let mut standins = Vec::new();
+    let nodes: Vec<String> = GATEWAYS.iter().map(|n| node_fqdn(n)).collect();
+    let node_refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let pki = SimPki::generate(ALIAS, &node_refs).context("generating the lab certificates")?;
+    std::fs::write(path("ca.pem"), &pki.ca_pem).context("writing ca.pem")?;
+    let now = unix_now();
+    // Valid from a day ago: a lab started right after a clock step still mints valid tokens.
+    let (signer, signer_pem) =
+        SigningIdentity::generate("Portico lab token signer", 30, now.saturating_sub(86_400))
+            .context("generating the lab token-signing certificate")?;
+    signer_pem
+        .write(&path("signer.pem"), &path("signer.key"))
+        .context("writing the lab token-signing certificate")?;
+
+    let hyperv = tokio::net::TcpListener::bind(ports.hyperv)
+        .await
+        .with_context(|| format!("Hyper-V stand-in: cannot listen on {}", ports.hyperv))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(hyperv_standin(hyperv, stop.clone()));
+
+    let mut gateways = Vec::new();
     for (name, addr) in GATEWAYS.iter().zip(ports.gateways) {
-        let g = StandIn::spawn(name, addr, tls.clone())
+        let mut cfg = SimConfig::new(
+            name,
+            pki.server_config()?,
+            Verifier::new([signer.trusted_cert()]),
+        );
+        cfg.alt_tls_expired = Some(pki.expired_config()?);
+        cfg.alt_tls_wrong_san = Some(pki.wrong_san_config()?);
+        cfg.target_override = Some(ports.hyperv);
+        let gw = SimGateway::spawn(addr, cfg)
             .await
             .with_context(|| format!("gateway {name}: cannot listen on {addr}"))?;
-        standins.push(g);
+        let ctl_path = path(&format!("{name}.ctl"));
+        let _ = std::fs::remove_file(&ctl_path);
+        let ctl = tokio::net::UnixListener::bind(&ctl_path)
+            .with_context(|| format!("gateway {name}: control socket {}", ctl_path.display()))?;
+        gw.serve_control_unix(ctl);
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("gateway {name}: cannot listen on udp {addr}"))?;
+        tokio::spawn(gateway::udp_name_responder(
+            Arc::from(*name),
+            udp,
+            stop.clone(),
+        ));
+        gateways.push((name, gw, ctl_path));
     }
+
     let text = config_toml(&ports, &ports.gateways, &admin_socket);
-    let config_path = opts.dir.join("portico.toml");
+    let config_path = path("portico.toml");
     std::fs::write(&config_path, &text)
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = crate::config::parse(&text, &config_path)
@@ -170,43 +217,105 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     let drain = config.balancer.drain_timeout;
     let running = crate::daemon::start(config).await?;
 
+    // A console .rdp as a portal would hand it out, valid for an hour (VMM's longest TTL).
+    let mut req = MintRequest::new(HYPERV_HOST);
+    req.ttl_secs = crate::token::MAX_TTL_SECS;
+    let token = crate::token::mint(&signer, &req, now).context("minting the lab token")?;
+    let gateway_alias = format!("{ALIAS}:{}", ports.tls.port());
+    let rdp = crate::token::rdp_file(&gateway_alias, HYPERV_HOST, 2179, LAB_VM_ID, &token)?;
+    crate::token::write_secret_file(&path("console.rdp"), rdp.as_bytes())
+        .context("writing console.rdp")?;
+
+    let port = ports.tls.port();
     println!("Portico lab is up.");
-    println!("  config   {}", config_path.display());
-    println!("  CA       {}", ca_path.display());
-    for g in &standins {
+    println!("  config    {}", config_path.display());
+    println!("  CA        {}", path("ca.pem").display());
+    println!(
+        "  signer    {} (its thumbprint {} is trusted by every gateway)",
+        path("signer.pem").display(),
+        signer.thumbprint()
+    );
+    for (name, gw, ctl) in &gateways {
         println!(
-            "  gateway  {:<6} {} (tcp+udp, TLS as {})",
-            g.name,
-            g.addr,
-            node_fqdn(&g.name)
+            "  gateway   {name:<6} {} (TLS as {}, MS-TSGU; control {})",
+            gw.addr(),
+            node_fqdn(name),
+            ctl.display()
         );
     }
     println!(
-        "  service  rdgw-https tcp {}   rdgw-udp udp {}",
+        "  hyper-v   {HYPERV_HOST}:2179 -> {} (stand-in)",
+        ports.hyperv
+    );
+    println!(
+        "  service   rdgw-https tcp {}   rdgw-udp udp {}",
         ports.tls, ports.udp
     );
     if let Some(m) = running.metrics_addr {
-        println!("  metrics  http://{m}/metrics");
+        println!("  metrics   http://{m}/metrics");
     }
+    println!("  rdp file  {}", path("console.rdp").display());
     println!();
     println!("Try:");
     println!(
-        "  curl --cacert {} --resolve {ALIAS}:{port}:127.0.0.1 https://{ALIAS}:{port}/",
-        ca_path.display(),
-        port = ports.tls.port()
+        "  xvfb-run -a xfreerdp /g:127.0.0.1:{port} /gt:http /gat:\"$(portico token mint --cert {} --key {} --host {HYPERV_HOST})\" /v:{HYPERV_HOST} /port:2179 /cert:ignore",
+        path("signer.pem").display(),
+        path("signer.key").display()
     );
-    println!("  echo hello | nc -u -w1 127.0.0.1 {}", ports.udp.port());
+    println!("  curl --cacert {} --resolve {ALIAS}:{port}:127.0.0.1 -X RDG_OUT_DATA https://{ALIAS}:{port}/remoteDesktopGateway/ -o /dev/null -w '%{{http_code}}\\n'", path("ca.pem").display());
     println!(
-        "  (each prints the gateway that answered; the same client lands on the same gateway)"
+        "  echo hello | nc -u -w1 127.0.0.1 {}   (answers with the gateway's name)",
+        ports.udp.port()
+    );
+    println!(
+        "  echo 'fault token-reject' | nc -U {}   (then: records, clear)",
+        gateways[0].2.display()
     );
     println!("Ctrl-C stops the lab.");
 
     crate::daemon::wait_for_signal().await?;
     running.shutdown(drain).await;
-    for g in &standins {
-        g.kill().await;
+    stop.cancel();
+    for (_, gw, ctl) in &gateways {
+        gw.kill();
+        let _ = std::fs::remove_file(ctl);
     }
     Ok(())
+}
+
+/// The VM id the lab's .rdp file names (its `pcb`).
+pub const LAB_VM_ID: &str = "4F1C2B7A-0000-4000-8000-00000000CAFE";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The Hyper-V host's VMConnect port, as far as a lab needs it: accepts, reads and discards,
+/// so a client's channel opens and carries its first RDP bytes.
+async fn hyperv_standin(
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let (mut s, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+        };
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = s.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { return },
+                }
+            }
+        });
+    }
 }
 
 /// The lab dir holds a key and the admin socket: only the owner may enter it.
@@ -228,6 +337,7 @@ mod tests {
         assert_eq!(p.dns.port(), 10053);
         assert_eq!(p.metrics.port(), 9469);
         assert_eq!(p.gateways.map(|g| g.port()), [20443, 20444, 20445]);
+        assert_eq!(p.hyperv.port(), 12179);
         let q = LabPorts::new(11000).expect("moved base");
         assert_eq!(q.tls.port(), 11443);
         assert_eq!(q.metrics.port(), 10469);

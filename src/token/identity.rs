@@ -448,6 +448,12 @@ fn read_private_key_file(path: &Path) -> Result<Vec<u8>, TokenError> {
     Ok(buf)
 }
 
+/// Writes a file that holds a secret (a key, a token, an .rdp file carrying a token) with mode
+/// 0600, also tightening an existing file's mode.
+pub fn write_secret_file(path: &Path, content: &[u8]) -> Result<(), TokenError> {
+    write_file(path, content, 0o600)
+}
+
 fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), TokenError> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

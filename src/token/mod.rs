@@ -30,7 +30,7 @@ pub use error::{
     E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED, E_PROXY_COOKIE_BADPACKET,
     E_PROXY_RAP_ACCESSDENIED,
 };
-pub use identity::{GeneratedPem, SigningIdentity, TrustedCert};
+pub use identity::{write_secret_file, GeneratedPem, SigningIdentity, TrustedCert};
 pub use rdp::{rdp_file, VMCONNECT_PORT};
 pub use thumbprint::{Thumbprint, ThumbprintError};
 pub use verify::{PaddingPolicy, Verifier, DEFAULT_SKEW_SECS};

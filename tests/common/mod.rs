@@ -9,20 +9,23 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use portico::config::*;
-use portico::lab::{LabPki, StandIn};
+use portico::lab::StandIn;
+use portico::sim::certs::SimPki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-pub fn pki() -> &'static LabPki {
-    static PKI: OnceLock<LabPki> = OnceLock::new();
+pub fn pki() -> &'static SimPki {
+    static PKI: OnceLock<SimPki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let nodes: Vec<String> = ["web01", "web02", "web03", "web04"]
-            .iter()
-            .map(|n| format!("{n}.lab.test"))
-            .collect();
-        LabPki::generate("rdgw.lab.test", &nodes).expect("lab pki")
+        let nodes = [
+            "web01.lab.test",
+            "web02.lab.test",
+            "web03.lab.test",
+            "web04.lab.test",
+        ];
+        SimPki::generate("rdgw.lab.test", &nodes).expect("lab pki")
     })
 }
 
