@@ -50,6 +50,8 @@ struct Inner {
     next_id: u32,
     states: HashMap<BackendId, BackendState>,
     groups: HashMap<String, Arc<AffinityGroup>>,
+    /// Handed to every snapshot: where the data plane reports failed connects.
+    passive: Option<Arc<crate::health::PassiveSink>>,
 }
 
 /// Owns the published snapshot. Cheap to share (`Arc<Controller>`).
@@ -72,6 +74,7 @@ impl Controller {
                 next_id: 1,
                 states: HashMap::new(),
                 groups: HashMap::new(),
+                passive: None,
             }),
         };
         ctl.rebuild(&mut ctl.lock())?;
@@ -117,6 +120,16 @@ impl Controller {
         health: HealthState,
     ) -> Result<(), ControlError> {
         self.update(Some(pool), backend, |s| s.health = health)
+    }
+
+    /// Installs where the data plane reports failed connects (the health tasks' inboxes).
+    pub fn set_passive_sink(
+        &self,
+        sink: Option<Arc<crate::health::PassiveSink>>,
+    ) -> Result<(), ControlError> {
+        let mut inner = self.lock();
+        inner.passive = sink;
+        self.rebuild(&mut inner)
     }
 
     /// Sets the admin state of the backend named `name` in every pool that has one.
@@ -303,6 +316,7 @@ impl Controller {
             generation: inner.generation,
             services,
             pools,
+            passive: inner.passive.clone(),
         };
         self.metrics
             .snapshot_generation

@@ -216,6 +216,7 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
             connections.clone(),
         ));
     }
+    crate::health::spawn(&controller, &tasks, hard_stop.child_token()).context("health checks")?;
     let metrics_addr = match metrics_listener {
         Some(l) => {
             let a = l.local_addr()?;

@@ -17,6 +17,9 @@
 //!   states, Maglev tables) and the backend choice itself.
 //! - [`controller`]: owns the current snapshot, applies config, health and admin changes.
 //! - [`balancer`]: TCP and UDP listeners, connect with retry, byte copying, drain on shutdown.
+//! - [`health`]: probe scheduling (one task per backend, jittered interval), the checks (tcp,
+//!   tls, rdg-token through a real MS-TSGU tunnel opening), verdicts, rise/fall hysteresis,
+//!   passive failure reports from the data plane, fail-static on farm-wide token rejection.
 //! - [`metrics`]: the Prometheus registry, every metric name, and the `/metrics` listener.
 //! - [`token`]: the VMM console-connect token (pure): mint and sign it as VMM does, verify it
 //!   step by step as the FedAuth gateway plug-in does, redact it for logs, write the .rdp file.
@@ -36,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod health;
 pub mod lab;
 pub mod maglev;
 pub mod metrics;

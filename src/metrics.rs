@@ -43,6 +43,12 @@ pub const UDP_FLOWS_REJECTED: &str = "portico_udp_flows_rejected_total";
 pub const UDP_DATAGRAMS: &str = "portico_udp_datagrams_total";
 pub const UDP_DROPS: &str = "portico_udp_datagrams_dropped_total";
 pub const SNAPSHOT_GENERATION: &str = "portico_snapshot_generation";
+pub const PROBE_DURATION: &str = "portico_probe_duration_seconds";
+pub const PROBE_RESULTS: &str = "portico_probe_results_total";
+pub const BACKEND_STATE_CHANGES: &str = "portico_backend_state_changes_total";
+pub const BACKEND_CERT_NOT_AFTER: &str = "portico_backend_cert_not_after_seconds";
+pub const BACKEND_CLOCK_SKEW: &str = "portico_backend_clock_skew_seconds";
+pub const PROBE_CREDENTIAL_SUSPECT: &str = "portico_probe_credential_suspect";
 
 /// Why a client connection got no backend at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +130,14 @@ pub struct Metrics {
     pub udp_datagrams: IntCounterVec,
     pub udp_drops: IntCounterVec,
     pub snapshot_generation: IntGauge,
+    /// Per check of one probe, `check` = tcp / tls / rdg-token.
+    pub probe_duration: HistogramVec,
+    /// `result` is a [`crate::health::Verdict`] label (`passive` check: data-plane failures).
+    pub probe_results: IntCounterVec,
+    pub backend_state_changes: IntCounterVec,
+    pub backend_cert_not_after: IntGaugeVec,
+    pub backend_clock_skew: IntGaugeVec,
+    pub probe_credential_suspect: IntGaugeVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -175,7 +189,51 @@ impl Metrics {
         reg.register(Box::new(backend_connect_duration.clone()))
             .expect("metric registered once");
         let sb = &["service", "backend"];
+        let probe_duration = HistogramVec::new(
+            HistogramOpts::new(
+                PROBE_DURATION,
+                "Time one health check took (each check of a probe: tcp, tls, rdg-token).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["backend", "check"],
+        )
+        .expect("static metric definition");
+        reg.register(Box::new(probe_duration.clone()))
+            .expect("metric registered once");
         Arc::new(Metrics {
+            probe_duration,
+            probe_results: counter(
+                &reg,
+                PROBE_RESULTS,
+                "Health check results by verdict (healthy, token-rejected, gateway-error, protocol-error, tls-error, timeout, connect-failed).",
+                &["backend", "check", "result"],
+            ),
+            backend_state_changes: counter(
+                &reg,
+                BACKEND_STATE_CHANGES,
+                "Health state changes (up to down or down to up) decided by rise/fall.",
+                &["pool", "backend"],
+            ),
+            backend_cert_not_after: gauge(
+                &reg,
+                BACKEND_CERT_NOT_AFTER,
+                "Expiry of the certificate the backend presents, unix seconds.",
+                &["pool", "backend"],
+            ),
+            backend_clock_skew: gauge(
+                &reg,
+                BACKEND_CLOCK_SKEW,
+                "Backend clock minus ours from its HTTP Date header on RDG_OUT_DATA, seconds; one-minute tokens fail past about 30 s.",
+                &["pool", "backend"],
+            ),
+            probe_credential_suspect: gauge(
+                &reg,
+                PROBE_CREDENTIAL_SUSPECT,
+                "1 while every backend of the pool rejects the probe token: the signing side (certificate, trust list, clock) is suspect and states are kept (fail-static).",
+                &["pool"],
+            ),
             connections_accepted: counter(&reg, CONNECTIONS_ACCEPTED, "Client connections accepted.", &["service"]),
             connections_active: gauge(&reg, CONNECTIONS_ACTIVE, "Client connections open now.", &["service"]),
             connections_failed: counter(

@@ -137,6 +137,9 @@ pub struct Snapshot {
     pub generation: u64,
     pub services: Vec<ServiceView>,
     pub pools: Vec<PoolView>,
+    /// Where the data plane reports failed backend connects (passive health checking);
+    /// `None` until the health tasks start.
+    pub passive: Option<Arc<crate::health::PassiveSink>>,
 }
 
 impl Snapshot {
@@ -146,6 +149,7 @@ impl Snapshot {
             generation: 0,
             services: Vec::new(),
             pools: Vec::new(),
+            passive: None,
         }
     }
 

@@ -180,6 +180,13 @@ async fn connect(
             Err(_) => ConnectFailure::Timeout,
         };
         counters.connect_failure(failure).inc();
+        // Passive health: a non-blocking `try_send` to the backend's health task. `Other`
+        // (out of descriptors or buffers here, not the backend's fault) is not reported.
+        if failure != ConnectFailure::Other {
+            if let Some(p) = &snap.passive {
+                p.report(b.id);
+            }
+        }
         debug!(backend = %b.name, %addr, attempt = n + 1, reason = failure.as_str(), "connect failed");
     }
     svc.counters.connect_failed.inc();

@@ -1,0 +1,603 @@
+//! The checks, as async functions with one deadline per probe (the pool's `timeout`):
+//! `tcp` (connect), `tls` (handshake against the configured roots, certificate facts and
+//! warnings) and `rdg-token` (a freshly minted console token through HANDSHAKE, TUNNEL_CREATE
+//! and TUNNEL_AUTH over MS-TSGU, stopping there, PROTOCOLS.md §4.3). Checks run in the
+//! configured order and a failing cheaper check stops the dearer ones.
+//!
+//! [`Prober`] is built once per pool ([`Prober::from_health`]): the CA file is read and the
+//! probe's signing identity loaded then, so a bad file fails the start rather than every probe.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+use tokio_rustls::TlsConnector;
+
+use super::date::parse_http_date;
+use super::verdict::{classify_error, classify_io, classify_tunnel, Stage, Verdict};
+use crate::config::{CheckKind, Health};
+use crate::rdg::packet::{caps, extended_auth, HandshakeRequest, Packet, TunnelAuth, TunnelCreate};
+use crate::sim::client::{ClientConfig, ClientError, RdgClient, TunnelStatus};
+use crate::sim::Transport;
+use crate::token::{mint, MintRequest, SigningIdentity};
+
+/// Client name sent in TUNNEL_AUTH.
+pub const PROBE_CLIENT_NAME: &str = "portico-probe";
+/// Used when `tls.ca_file` is not set (Debian's bundle).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Why a [`Prober`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The CA bundle could not be read or holds no usable certificate.
+    #[error("CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    /// A check needs the `tls` table (server name, roots).
+    #[error("check {0:?} needs the tls settings (server_name, ca_file)")]
+    NeedsTls(&'static str),
+    /// The probe's signing certificate or key could not be loaded.
+    #[error("rdg-token signing identity: {0}")]
+    Signing(#[from] crate::token::TokenError),
+    /// rustls refused the configuration.
+    #[error("tls client config: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The metric label of a check.
+pub fn check_label(c: CheckKind) -> &'static str {
+    match c {
+        CheckKind::Tcp => "tcp",
+        CheckKind::Tls => "tls",
+        CheckKind::RdgToken => "rdg-token",
+    }
+}
+
+/// Facts read from the gateway's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    pub subject: String,
+    pub sans: Vec<String>,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    pub check: CheckKind,
+    pub verdict: Verdict,
+    /// Where the verdict was reached.
+    pub stage: Stage,
+    pub elapsed: Duration,
+}
+
+/// What one probe found.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    /// `Healthy` only if every check passed; else the first failing check's verdict.
+    pub verdict: Verdict,
+    /// Where the verdict was reached.
+    pub stage: Stage,
+    /// The check that decided (the last one run).
+    pub check: Option<CheckKind>,
+    /// Every check run, in order.
+    pub checks: Vec<CheckReport>,
+    /// Status of the RDG_OUT_DATA response (or the failing HTTP status).
+    pub http_status: Option<u16>,
+    /// The HRESULT that decided a tunnel verdict.
+    pub hresult: Option<u32>,
+    pub transport: Option<Transport>,
+    pub cert: Option<CertFacts>,
+    /// Healthy, but worth a look (certificate expiring soon, node name missing from the SANs).
+    pub warnings: Vec<String>,
+    /// Gateway clock minus ours, seconds (from its `Date:` header).
+    pub clock_skew: Option<i64>,
+    /// Free text for the log (error message).
+    pub detail: Option<String>,
+    /// The probe failed for a local reason (out of descriptors or buffers on this host): it
+    /// says nothing about the backend and is not counted.
+    pub inconclusive: bool,
+}
+
+impl ProbeReport {
+    fn new() -> Self {
+        ProbeReport {
+            verdict: Verdict::Healthy,
+            stage: Stage::Tcp,
+            check: None,
+            checks: Vec::new(),
+            http_status: None,
+            hresult: None,
+            transport: None,
+            cert: None,
+            warnings: Vec::new(),
+            clock_skew: None,
+            detail: None,
+            inconclusive: false,
+        }
+    }
+}
+
+struct TlsProbe {
+    server_name: String,
+    client: Arc<rustls::ClientConfig>,
+    min_days_left: u32,
+}
+
+struct RdgProbe {
+    identity: Arc<SigningIdentity>,
+    host: String,
+    port: u16,
+}
+
+/// The checks of one pool, ready to run against any of its backends.
+pub struct Prober {
+    checks: Vec<CheckKind>,
+    timeout: Duration,
+    tls: Option<TlsProbe>,
+    rdg: Option<RdgProbe>,
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A rustls client config trusting the certificates of `ca_file`.
+pub fn client_config_from_ca(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, SetupError> {
+    let err = |reason: String| SetupError::CaFile {
+        path: ca_file.to_path_buf(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let iter = CertificateDer::pem_file_iter(ca_file).map_err(|e| err(e.to_string()))?;
+    for c in iter {
+        let c = c.map_err(|e| err(e.to_string()))?;
+        roots.add(c).map_err(|e| err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(err("no certificate in the file".into()));
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+impl Prober {
+    /// Builds the checks of `health`: reads the CA file and loads the signing identity once.
+    pub fn from_health(health: &Health) -> Result<Prober, SetupError> {
+        let tls = match &health.tls {
+            Some(t) => {
+                let ca = t
+                    .ca_file
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+                Some(TlsProbe {
+                    server_name: t.server_name.clone(),
+                    client: client_config_from_ca(&ca)?,
+                    min_days_left: t.min_days_left,
+                })
+            }
+            None => None,
+        };
+        let rdg = match &health.rdg_token {
+            Some(r) if health.checks.contains(&CheckKind::RdgToken) => Some(RdgProbe {
+                identity: Arc::new(SigningIdentity::load(&r.signing_cert, &r.signing_key)?),
+                host: r.host.clone(),
+                port: r.port,
+            }),
+            _ => None,
+        };
+        let mut p = Prober::new(health.checks.clone(), health.timeout);
+        p.tls = tls;
+        p.rdg = rdg;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Only the `tcp` check needs nothing more; add the others with [`Prober::with_tls`] and
+    /// [`Prober::with_rdg_token`].
+    pub fn new(checks: Vec<CheckKind>, timeout: Duration) -> Prober {
+        Prober {
+            checks,
+            timeout,
+            tls: None,
+            rdg: None,
+        }
+    }
+
+    /// TLS settings (also used by `rdg-token`).
+    pub fn with_tls(
+        mut self,
+        server_name: &str,
+        client: Arc<rustls::ClientConfig>,
+        min_days_left: u32,
+    ) -> Prober {
+        self.tls = Some(TlsProbe {
+            server_name: server_name.to_owned(),
+            client,
+            min_days_left,
+        });
+        self
+    }
+
+    /// The probe token's signer and the host/port it names.
+    pub fn with_rdg_token(
+        mut self,
+        identity: Arc<SigningIdentity>,
+        host: &str,
+        port: u16,
+    ) -> Prober {
+        self.rdg = Some(RdgProbe {
+            identity,
+            host: host.to_owned(),
+            port,
+        });
+        self
+    }
+
+    fn validate(&self) -> Result<(), SetupError> {
+        for c in &self.checks {
+            match c {
+                CheckKind::Tls | CheckKind::RdgToken if self.tls.is_none() => {
+                    return Err(SetupError::NeedsTls(check_label(*c)))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn checks(&self) -> &[CheckKind] {
+        &self.checks
+    }
+
+    /// Runs every check against `addr` within one probe deadline. `node` is the backend's
+    /// own name, looked for among the certificate's SANs (a warning when missing).
+    pub async fn probe(&self, addr: SocketAddr, node: Option<&str>) -> ProbeReport {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut report = ProbeReport::new();
+        for &check in &self.checks {
+            let t0 = Instant::now();
+            let (verdict, stage) = match check {
+                CheckKind::Tcp => self.tcp(addr, deadline, &mut report).await,
+                CheckKind::Tls => self.tls(addr, node, deadline, &mut report).await,
+                CheckKind::RdgToken => self.rdg_token(addr, deadline, &mut report).await,
+            };
+            report.checks.push(CheckReport {
+                check,
+                verdict,
+                stage,
+                elapsed: t0.elapsed(),
+            });
+            report.verdict = verdict;
+            report.stage = stage;
+            report.check = Some(check);
+            if !verdict.is_healthy() {
+                break;
+            }
+        }
+        report
+    }
+
+    async fn tcp(
+        &self,
+        addr: SocketAddr,
+        deadline: tokio::time::Instant,
+        report: &mut ProbeReport,
+    ) -> (Verdict, Stage) {
+        match timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => (Verdict::Healthy, Stage::Tcp),
+            Ok(Err(e)) => {
+                report.inconclusive |= is_local_exhaustion(&e);
+                report.detail = Some(e.to_string());
+                (classify_io(Stage::Tcp, &e), Stage::Tcp)
+            }
+            Err(_) => (Verdict::Timeout, Stage::Tcp),
+        }
+    }
+
+    async fn tls(
+        &self,
+        addr: SocketAddr,
+        node: Option<&str>,
+        deadline: tokio::time::Instant,
+        report: &mut ProbeReport,
+    ) -> (Verdict, Stage) {
+        let Some(t) = &self.tls else {
+            return (Verdict::TlsError, Stage::Tls);
+        };
+        let tcp = match timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                report.inconclusive |= is_local_exhaustion(&e);
+                report.detail = Some(e.to_string());
+                return (classify_io(Stage::Tcp, &e), Stage::Tcp);
+            }
+            Err(_) => return (Verdict::Timeout, Stage::Tcp),
+        };
+        let Ok(name) = ServerName::try_from(t.server_name.clone()) else {
+            report.detail = Some(format!("bad server name {:?}", t.server_name));
+            return (Verdict::TlsError, Stage::Tls);
+        };
+        let tls = match timeout_at(
+            deadline,
+            TlsConnector::from(t.client.clone()).connect(name, tcp),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                report.detail = Some(e.to_string());
+                return (classify_io(Stage::Tls, &e), Stage::Tls);
+            }
+            Err(_) => return (Verdict::Timeout, Stage::Tls),
+        };
+        let (_, conn) = tls.get_ref();
+        let Some(der) = conn.peer_certificates().and_then(|c| c.first()) else {
+            report.detail = Some("no peer certificate".into());
+            return (Verdict::TlsError, Stage::Tls);
+        };
+        let facts = match cert_facts(der) {
+            Ok(f) => f,
+            Err(e) => {
+                report.detail = Some(e);
+                return (Verdict::TlsError, Stage::Tls);
+            }
+        };
+        report.warnings.extend(cert_warnings(
+            &facts,
+            &t.server_name,
+            node,
+            t.min_days_left,
+            now_unix(),
+        ));
+        let names_alias = facts
+            .sans
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(&t.server_name));
+        report.cert = Some(facts);
+        if !names_alias {
+            report.detail = Some(format!("certificate SANs do not name {}", t.server_name));
+            return (Verdict::TlsError, Stage::Tls);
+        }
+        (Verdict::Healthy, Stage::Tls)
+    }
+
+    async fn rdg_token(
+        &self,
+        addr: SocketAddr,
+        deadline: tokio::time::Instant,
+        report: &mut ProbeReport,
+    ) -> (Verdict, Stage) {
+        let (Some(t), Some(r)) = (&self.tls, &self.rdg) else {
+            report.detail = Some("rdg-token check without tls/rdg_token settings".into());
+            return (Verdict::ProtocolError, Stage::Http);
+        };
+        // A fresh token per probe: the gateway checks ExpiresOn against its own clock.
+        let now = now_unix().max(0) as u64;
+        let req = MintRequest {
+            port: r.port,
+            ..MintRequest::new(&r.host)
+        };
+        let token = match mint(&r.identity, &req, now) {
+            Ok(t) => t,
+            Err(e) => {
+                // The signing side is wrong: every gateway would refuse it, so it is reported
+                // as the farm-wide `token-rejected` (and trips fail-static).
+                report.detail = Some(format!("cannot mint the probe token: {e}"));
+                return (Verdict::TokenRejected, Stage::TunnelCreate);
+            }
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let cfg = ClientConfig {
+            addr,
+            server_name: t.server_name.clone(),
+            tls: t.client.clone(),
+            transport: Transport::WebSocket,
+            timeout: remaining,
+        };
+        let mut stage = Stage::Http;
+        let res = timeout_at(deadline, run_tunnel(&cfg, &token, &mut stage, report)).await;
+        match res {
+            Err(_) => (Verdict::Timeout, stage),
+            Ok(Err(e)) => {
+                let stage = match (&e, stage) {
+                    (ClientError::Timeout("tcp connect"), Stage::Http) => Stage::Tcp,
+                    (ClientError::Timeout("tls handshake"), Stage::Http) => Stage::Tls,
+                    _ => stage,
+                };
+                if let ClientError::Io(io) = &e {
+                    report.inconclusive |= is_local_exhaustion(io);
+                }
+                if let ClientError::HttpStatus(s) = e {
+                    report.http_status = Some(s);
+                }
+                report.detail = Some(e.to_string());
+                (classify_error(stage, &e), stage)
+            }
+            Ok(Ok(status)) => {
+                let (v, s, code) = classify_tunnel(&status);
+                report.hresult = code;
+                (v, s)
+            }
+        }
+    }
+}
+
+/// Connect, HANDSHAKE, TUNNEL_CREATE, TUNNEL_AUTH, keeping `stage` current for the verdict.
+async fn run_tunnel(
+    cfg: &ClientConfig,
+    token: &str,
+    stage: &mut Stage,
+    report: &mut ProbeReport,
+) -> Result<TunnelStatus, ClientError> {
+    let (mut client, connected) = RdgClient::connect(cfg).await?;
+    report.http_status = Some(connected.status);
+    report.transport = Some(connected.transport);
+    if let Some(gw) = connected.date.as_deref().and_then(parse_http_date) {
+        report.clock_skew = Some(gw - now_unix());
+    }
+    *stage = Stage::Handshake;
+    client
+        .send(&Packet::HandshakeRequest(HandshakeRequest {
+            ver_major: 1,
+            ver_minor: 0,
+            client_version: 0,
+            extended_auth: extended_auth::PAA,
+        }))
+        .await?;
+    let handshake = match client.recv().await? {
+        Packet::HandshakeResponse(r) => r.error_code,
+        other => return Err(unexpected("HANDSHAKE_RESPONSE", &other)),
+    };
+    let mut status = TunnelStatus {
+        handshake,
+        tunnel: None,
+        tunnel_auth: None,
+    };
+    if handshake != 0 {
+        return Ok(status);
+    }
+    *stage = Stage::TunnelCreate;
+    client
+        .send(&Packet::TunnelCreate(TunnelCreate::with_paa_token(
+            caps::FREERDP_CLIENT,
+            token,
+        )))
+        .await?;
+    let tunnel = match client.recv().await? {
+        Packet::TunnelResponse(r) => r.status,
+        other => return Err(unexpected("TUNNEL_RESPONSE", &other)),
+    };
+    status.tunnel = Some(tunnel);
+    if tunnel != 0 {
+        return Ok(status);
+    }
+    *stage = Stage::TunnelAuth;
+    client
+        .send(&Packet::TunnelAuth(TunnelAuth::new(PROBE_CLIENT_NAME)))
+        .await?;
+    status.tunnel_auth = match client.recv().await? {
+        Packet::TunnelAuthResponse(r) => Some(r.error_code),
+        other => return Err(unexpected("TUNNEL_AUTH_RESPONSE", &other)),
+    };
+    // Stop here (PROTOCOLS.md §4.3): no channel exists, dropping the client closes TLS.
+    Ok(status)
+}
+
+fn unexpected(want: &str, got: &Packet) -> ClientError {
+    ClientError::Protocol(format!("expected {want}, got {:?}", got.packet_type()))
+}
+
+/// Out of descriptors (EMFILE/ENFILE) or buffers (ENOBUFS/ENOMEM) on this host.
+pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Subject, DNS SANs and not-after of a DER certificate.
+pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                sans.push((*d).to_owned());
+            }
+        }
+    }
+    Ok(CertFacts {
+        subject: cert.subject().to_string(),
+        sans,
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Warnings for a certificate that passed: expiry within `min_days_left`, node name missing.
+pub fn cert_warnings(
+    facts: &CertFacts,
+    _alias: &str,
+    node: Option<&str>,
+    min_days_left: u32,
+    now: i64,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    let left = facts.not_after - now;
+    if left < i64::from(min_days_left) * 86_400 {
+        w.push(format!(
+            "certificate expires in {} days (< {min_days_left})",
+            left.div_euclid(86_400)
+        ));
+    }
+    if let Some(node) = node {
+        let named = facts.sans.iter().any(|s| {
+            s.eq_ignore_ascii_case(node)
+                || s.split('.')
+                    .next()
+                    .is_some_and(|l| l.eq_ignore_ascii_case(node))
+        });
+        if !named {
+            w.push(format!("certificate SANs do not name the node {node}"));
+        }
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(sans: &[&str], not_after: i64) -> CertFacts {
+        CertFacts {
+            subject: "CN=rdgw".into(),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn expiring_soon_is_a_warning() {
+        let now = 1_000_000_000;
+        let f = facts(&["rdgw.x", "web01.x"], now + 3 * 86_400);
+        let w = cert_warnings(&f, "rdgw.x", Some("web01"), 14, now);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("expires in 3 days"), "{w:?}");
+        assert!(cert_warnings(&f, "rdgw.x", Some("web01.x"), 2, now).is_empty());
+    }
+
+    #[test]
+    fn missing_node_san_is_a_warning() {
+        let f = facts(&["rdgw.x", "web01.x"], i64::MAX / 2);
+        let w = cert_warnings(&f, "rdgw.x", Some("web02"), 14, 0);
+        assert_eq!(
+            w,
+            vec!["certificate SANs do not name the node web02".to_string()]
+        );
+    }
+
+    #[test]
+    fn reads_sim_certificate_facts() {
+        let pki = crate::sim::certs::SimPki::generate("rdgw.t", &["web01.t"]).unwrap();
+        let der = CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
+        let f = cert_facts(&der).unwrap();
+        assert!(f.subject.contains("Portico sim CA"), "{f:?}");
+        assert!(f.not_after > 0);
+    }
+}
