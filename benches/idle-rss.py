@@ -38,6 +38,29 @@ def rss_kib(pid):
     return out
 
 
+def serve(sel, events, backend, held):
+    """Backend side: accept new connections (kept open, idle) and read each one's first byte.
+    Returns how many first bytes arrived."""
+    got = 0
+    for key, _ in events:
+        if key.fileobj is backend:
+            try:
+                s, _ = backend.accept()
+            except BlockingIOError:
+                continue
+            s.setblocking(False)
+            held.append(s)
+            sel.register(s, selectors.EVENT_READ)
+        else:
+            try:
+                if key.fileobj.recv(16):
+                    got += 1
+            except BlockingIOError:
+                continue
+            sel.unregister(key.fileobj)
+    return got
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -93,41 +116,11 @@ def main():
                 events = sel.select(timeout=0)
                 if not events:
                     break
-                for key, _ in events:
-                    if key.fileobj is backend:
-                        try:
-                            s, _ = backend.accept()
-                            s.setblocking(False)
-                            held_backend.append(s)
-                            sel.register(s, selectors.EVENT_READ)
-                        except BlockingIOError:
-                            pass
-                    else:
-                        try:
-                            if key.fileobj.recv(16):
-                                got += 1
-                        except BlockingIOError:
-                            pass
-                        sel.unregister(key.fileobj)
+                got += serve(sel, events, backend, held_backend)
             if time.monotonic() > DEADLINE:
                 sys.exit("deadline passed while connecting")
         while got < N and time.monotonic() < DEADLINE:
-            for key, _ in sel.select(timeout=0.5):
-                if key.fileobj is backend:
-                    try:
-                        s, _ = backend.accept()
-                        s.setblocking(False)
-                        held_backend.append(s)
-                        sel.register(s, selectors.EVENT_READ)
-                    except BlockingIOError:
-                        pass
-                else:
-                    try:
-                        if key.fileobj.recv(16):
-                            got += 1
-                    except BlockingIOError:
-                        continue
-                    sel.unregister(key.fileobj)
+            got += serve(sel, sel.select(timeout=0.5), backend, held_backend)
         time.sleep(1.0)
         full = rss_kib(proc.pid)
         per = (full["VmRSS"] - base["VmRSS"]) / max(N, 1)
