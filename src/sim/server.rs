@@ -265,35 +265,38 @@ impl SimGateway {
     /// Serves the line-based control protocol ([`super::control`]) on `listener` until the
     /// gateway is killed. Bind it to loopback: it has no authentication.
     pub fn serve_control(&self, listener: TcpListener) {
-        let (control, tasks) = (self.control.clone(), self.tasks.clone());
-        self.tasks.spawn(async move {
-            let stop = control.shared.stop.clone();
-            loop {
-                let s = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-                };
-                let (c, stop) = (control.clone(), stop.clone());
-                tasks.spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = super::control::serve_conn(c, s) => {}
-                    }
-                });
-            }
+        let l = Arc::new(listener);
+        self.serve_control_with(move || {
+            let l = l.clone();
+            async move { l.accept().await.map(|(s, _)| s) }
         });
     }
 
     /// [`SimGateway::serve_control`] on a Unix socket (put it in a directory only the user
     /// can reach).
     pub fn serve_control_unix(&self, listener: tokio::net::UnixListener) {
+        let l = Arc::new(listener);
+        self.serve_control_with(move || {
+            let l = l.clone();
+            async move { l.accept().await.map(|(s, _)| s) }
+        });
+    }
+
+    /// The accept loop both control listeners share: one task per control connection, all
+    /// ended when the gateway is killed.
+    fn serve_control_with<S, F, Fut>(&self, mut accept: F)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = io::Result<S>> + Send,
+    {
         let (control, tasks) = (self.control.clone(), self.tasks.clone());
         self.tasks.spawn(async move {
             let stop = control.shared.stop.clone();
             loop {
                 let s = tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                    r = accept() => match r { Ok(s) => s, Err(_) => continue },
                 };
                 let (c, stop) = (control.clone(), stop.clone());
                 tasks.spawn(async move {
