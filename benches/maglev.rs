@@ -45,6 +45,17 @@ fn maglev(c: &mut Criterion) {
     }
     group.finish();
 
+    // A health change: one backend (or half the farm) out of 100, the table restricted.
+    let base = build(&names(100));
+    let mut group = c.benchmark_group("maglev_restrict_100");
+    for out in [1usize, 50] {
+        let eligible: Vec<bool> = (0..100).map(|i| i >= out).collect();
+        group.bench_with_input(BenchmarkId::from_parameter(out), &eligible, |b, e| {
+            b.iter(|| base.restrict(black_box(e)))
+        });
+    }
+    group.finish();
+
     let table = build(&names(10));
     let mut next = keys();
     c.bench_function("maglev_lookup", |b| {

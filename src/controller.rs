@@ -52,6 +52,16 @@ struct Inner {
     groups: HashMap<String, Arc<AffinityGroup>>,
     /// Handed to every snapshot: where the data plane reports failed connects.
     passive: Option<Arc<crate::health::PassiveSink>>,
+    /// Each pool's Maglev table over all its configured backends, with what it was built
+    /// from: health and admin changes only restrict it, so it is rebuilt only when the
+    /// configured set changes.
+    base_tables: HashMap<String, BaseTable>,
+}
+
+struct BaseTable {
+    members: Vec<(String, u32)>,
+    size: u32,
+    table: Maglev,
 }
 
 /// Owns the published snapshot. Cheap to share (`Arc<Controller>`).
@@ -75,6 +85,7 @@ impl Controller {
                 states: HashMap::new(),
                 groups: HashMap::new(),
                 passive: None,
+                base_tables: HashMap::new(),
             }),
         };
         ctl.rebuild(&mut ctl.lock())?;
@@ -204,23 +215,44 @@ impl Controller {
                     health: st.health,
                 });
             }
-            let maglev_backends: Vec<usize> = backends
+            let members: Vec<(String, u32)> = backends
                 .iter()
-                .enumerate()
-                .filter(|(_, b)| b.eligible())
-                .map(|(i, _)| i)
+                .map(|b| (b.name.to_string(), b.weight.get()))
                 .collect();
-            let maglev = Maglev::build(
-                maglev_backends
-                    .iter()
-                    .map(|&i| (&*backends[i].name, backends[i].weight.get())),
-                pool.table_size,
-            )
-            .map_err(|source| ControlError::Maglev {
-                pool: pool.name.clone(),
-                source,
-            })?;
-            if maglev_backends.is_empty() {
+            let stale = inner
+                .base_tables
+                .get(&pool.name)
+                .is_none_or(|t| t.members != members || t.size != pool.table_size);
+            if stale {
+                let table = Maglev::build(
+                    members.iter().map(|(n, w)| (n.as_str(), *w)),
+                    pool.table_size,
+                )
+                .map_err(|source| ControlError::Maglev {
+                    pool: pool.name.clone(),
+                    source,
+                })?;
+                inner.base_tables.insert(
+                    pool.name.clone(),
+                    BaseTable {
+                        members,
+                        size: pool.table_size,
+                        table,
+                    },
+                );
+            }
+            let eligible: Vec<bool> = backends.iter().map(|b| b.eligible()).collect();
+            let eligible_count = eligible.iter().filter(|&&e| e).count();
+            let maglev = match inner.base_tables.get(&pool.name) {
+                Some(base) => base.table.restrict(&eligible),
+                None => Maglev::build(std::iter::empty(), pool.table_size).map_err(|source| {
+                    ControlError::Maglev {
+                        pool: pool.name.clone(),
+                        source,
+                    }
+                })?,
+            };
+            if eligible_count == 0 {
                 warn!(pool = %pool.name, "pool has no eligible backend: new clients will be refused");
             }
             for b in &backends {
@@ -244,9 +276,12 @@ impl Controller {
                 name: Arc::from(pool.name.as_str()),
                 backends,
                 maglev,
-                maglev_backends,
+                eligible_count,
             });
         }
+        inner
+            .base_tables
+            .retain(|name, _| config.pools.iter().any(|p| &p.name == name));
         inner.ids.retain(|_, id| live_ids.contains(id));
         inner.states.retain(|id, _| live_ids.contains(id));
 

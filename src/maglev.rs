@@ -42,17 +42,26 @@
 //!
 //! # Disruption
 //!
-//! Removing one backend should move only that backend's keys. Maglev keeps others' moves
-//! small but not zero: survivors take the freed slots in permutation order, and their later
-//! claims shift. Measured over every single removal from 40 random farms per size
-//! (`disruption_report` test, M = 65537, weights 1..=10 or equal), the share of the other
-//! backends' keys that move averages 0.03% (N = 3) to 0.6% (N = 100), and more than 99% of
-//! removals stay under 1%. The tail is larger when the removed backend owned a large share
-//! of the table and some other backend's walk is correlated with its walk. The worst case
-//! found is a skip equal to minus the removed backend's skip (mod M): the walks are then the
-//! same cycle run in opposite directions, and removing a heavy backend (weight 10 among six of
-//! weight 1) moved 7.8%. Larger tables make such coincidences rarer; the default keeps the
-//! paper's size.
+//! Two kinds of change reach a table, and they are handled differently.
+//!
+//! **A backend leaves or returns** (health, drain, disable): the daily case. The table is
+//! built once over every *configured* backend and [`Maglev::restrict`] hands the slots of the
+//! ineligible ones to the eligible ones by a per-slot weighted rendezvous score. A backend
+//! leaving therefore moves only its own keys (0% of the others', a property test holds this
+//! for N = 3..100), and coming back it takes back exactly its slots.
+//!
+//! **The configured set changes** (a gateway added to or deleted from the file): the table is
+//! rebuilt, and Maglev keeps others' moves small but not zero: survivors take the freed slots
+//! in permutation order, and their later claims shift. Measured over every single removal
+//! from 40 random farms per size (`disruption_report` test, M = 65537, weights 1..=10 or
+//! equal), the share of the other backends' keys that move averages 0.03% (N = 3) to 0.6%
+//! (N = 100), and more than 99% of removals stay under 1%. The tail is larger when the
+//! removed backend owned a large share of the table and some other backend's walk is
+//! correlated with its walk. The worst case found is a skip equal to minus the removed
+//! backend's skip (mod M): the walks are then the same cycle run in opposite directions, and
+//! removing a heavy backend (weight 10 among six of weight 1) moved 7.8%. An operator who
+//! wants a gateway gone without moving anyone else disables it first (zero disruption) and
+//! deletes it from the file later, when its clients have left.
 //!
 //! # Lookup and retries
 //!
@@ -91,6 +100,9 @@ pub const OFFSET_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Seed of the hash that picks a backend's stride (`skip`).
 pub const SKIP_SEED: u64 = 0xc2b2_ae3d_27d4_eb4f;
+
+/// Seed of the per-backend hash behind [`Maglev::restrict`]'s rendezvous scores.
+pub const RENDEZVOUS_SEED: u64 = 0x1656_67b1_9e37_79f9;
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -184,6 +196,18 @@ pub struct Maglev {
     table: Vec<u16>,
     /// Slots owned by each backend, in build order.
     shares: Vec<u32>,
+    /// Each backend's weight and rendezvous hash (of its name), in build order: what
+    /// [`Maglev::restrict`] needs to hand out an excluded backend's slots.
+    members: Vec<Member>,
+    /// Backends [`Maglev::restrict`] took out: they own no slot and [`Preference`] skips them.
+    /// Empty when nothing is excluded.
+    excluded: Vec<bool>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    weight: u32,
+    rendezvous: u64,
 }
 
 /// A backend's walk through the table during build.
@@ -294,6 +318,8 @@ impl Maglev {
                 size,
                 table: Vec::new(),
                 shares: Vec::new(),
+                members: Vec::new(),
+                excluded: Vec::new(),
             });
         }
 
@@ -374,11 +400,86 @@ impl Maglev {
             }
         }
 
+        let members = list
+            .iter()
+            .map(|&(name, weight)| Member {
+                weight,
+                rendezvous: stable_hash64(RENDEZVOUS_SEED, name.as_bytes()),
+            })
+            .collect();
         Ok(Maglev {
             size,
             table,
             shares: quotas,
+            members,
+            excluded: Vec::new(),
         })
+    }
+
+    /// This table with the backends whose `eligible` flag is false taken out (a missing flag
+    /// counts as eligible): every slot they owned goes to the eligible backend with the
+    /// highest weighted rendezvous score for that slot, and every other slot keeps its owner.
+    ///
+    /// This is how health and admin changes reach the table. Building a fresh Maglev table
+    /// over the survivors would also move some of *their* keys (see "Disruption"); here a
+    /// backend leaving moves only its own keys, and one coming back takes back exactly its
+    /// slots, whatever else changed meanwhile: the owner of a slot is a function of the
+    /// configured set and the eligible set alone, so every node agrees. Rendezvous scores
+    /// per slot keep the hand-out weighted and spread (each survivor gets about its weight
+    /// share of the freed slots) without the order dependence a second Maglev fill would have.
+    ///
+    /// Indexes stay those of [`build`](Self::build). Cost: `O(M)` plus, per freed slot, one
+    /// hash and one logarithm per eligible backend. With nothing eligible every lookup
+    /// returns `None`.
+    pub fn restrict(&self, eligible: &[bool]) -> Maglev {
+        let is_eligible = |i: usize| eligible.get(i).copied().unwrap_or(true);
+        let n = self.members.len();
+        let excluded: Vec<bool> = (0..n).map(|i| !is_eligible(i)).collect();
+        if !excluded.contains(&true) {
+            return self.clone();
+        }
+        let survivors: Vec<(u16, Member)> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| is_eligible(i))
+            // i < n <= MAX_BACKENDS, so it fits in u16.
+            .map(|(i, &m)| (i as u16, m))
+            .collect();
+        if survivors.is_empty() {
+            return Maglev {
+                size: self.size,
+                table: Vec::new(),
+                shares: vec![0; n],
+                members: self.members.clone(),
+                excluded,
+            };
+        }
+        let equal_weights = survivors.windows(2).all(|w| w[0].1.weight == w[1].1.weight);
+        let mut shares = vec![0u32; n];
+        let table: Vec<u16> = self
+            .table
+            .iter()
+            .enumerate()
+            .map(|(slot, &owner)| {
+                let owner = if excluded.get(usize::from(owner)).copied().unwrap_or(false) {
+                    rendezvous_owner(slot as u64, &survivors, equal_weights)
+                } else {
+                    owner
+                };
+                if let Some(c) = shares.get_mut(usize::from(owner)) {
+                    *c += 1;
+                }
+                owner
+            })
+            .collect();
+        Maglev {
+            size: self.size,
+            table,
+            shares,
+            members: self.members.clone(),
+            excluded,
+        }
     }
 
     /// The build-order index of the backend owning `key_hash`, or `None` for an empty table.
@@ -394,7 +495,7 @@ impl Maglev {
     /// The order in which to try backends for `key_hash` (for connect retries).
     ///
     /// Yields distinct build-order indexes, the first equal to [`lookup`](Self::lookup),
-    /// every backend exactly once in the end, and the same sequence on every node with the
+    /// every backend not excluded by [`restrict`](Self::restrict) exactly once in the end, and the same sequence on every node with the
     /// same table. Allocation-free; see [`Preference`] for the order and the work bound.
     pub fn preference(&self, key_hash: u64) -> Preference<'_> {
         let n = self.shares.len();
@@ -502,7 +603,8 @@ impl Iterator for Preference<'_> {
             let index = (self.rotate_from + self.rotated) % n;
             self.rotated += 1;
             // index < n <= MAX_BACKENDS, so it fits in u16.
-            if !self.seen(index as u16) {
+            let excluded = self.maglev.excluded.get(index).copied().unwrap_or(false);
+            if !excluded && !self.seen(index as u16) {
                 return Some(index);
             }
         }
@@ -511,6 +613,35 @@ impl Iterator for Preference<'_> {
 }
 
 impl FusedIterator for Preference<'_> {}
+
+/// The survivor with the highest weighted rendezvous score for `slot` (Schindelhauer and
+/// Schomaker's weighted HRW: score `-w / ln(u)` with `u` uniform in (0, 1), which picks each
+/// backend with probability proportional to its weight). Ties go to the lower index.
+fn rendezvous_owner(slot: u64, survivors: &[(u16, Member)], equal_weights: bool) -> u16 {
+    let slot_mix = fmix64(slot.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ RENDEZVOUS_SEED);
+    if equal_weights {
+        // `-w / ln(u)` is monotonic in `u` for one `w`: the largest hash wins, no logarithm.
+        let mut best = (0u64, u16::MAX);
+        for &(index, m) in survivors {
+            let h = fmix64(m.rendezvous ^ slot_mix);
+            if h > best.0 || best.1 == u16::MAX {
+                best = (h, index);
+            }
+        }
+        return best.1;
+    }
+    let mut best = (f64::NEG_INFINITY, u16::MAX);
+    for &(index, m) in survivors {
+        let h = fmix64(m.rendezvous ^ slot_mix);
+        // 53 random bits, offset by half a step: strictly inside (0, 1).
+        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let score = -f64::from(m.weight) / u.ln();
+        if score > best.0 {
+            best = (score, index);
+        }
+    }
+    best.1
+}
 
 /// Largest-remainder apportionment of `size` slots by weight: each quota is the floor of its
 /// exact share, and the leftover slots go one each to the largest fractional remainders, ties
@@ -865,12 +996,12 @@ mod tests {
             }
         }
 
-        /// Minimal disruption, weighted. The target was 1% of the keys not on the removed
-        /// backend per removal, which Maglev does not guarantee (module documentation,
-        /// "Disruption"): the worst measured removal moved 7.8%. Asserting 1% per removal
-        /// would make this test flaky, so it asserts 10%, which still fails loudly for any
-        /// build that is not consistent (those move most keys); the 1% line is held by the
-        /// deterministic tests above.
+        /// A change of the *configured* set rebuilds the table (module documentation,
+        /// "Disruption"): Maglev keeps others' moves small but does not bound them per removal
+        /// (the worst measured moved 7.8%), so this asserts 10%, which still fails loudly for
+        /// any build that is not consistent (those move most keys). The daily case, a backend
+        /// leaving by health or admin state, moves no other key:
+        /// `leaving_backend_moves_no_other_key`.
         #[test]
         fn removal_moves_few_other_keys(farm in farms(), pick in any::<prop::sample::Index>()) {
             let before = build_owned(&farm, DEFAULT_TABLE_SIZE).unwrap();
@@ -879,6 +1010,91 @@ mod tests {
             let d = disruption(&before, &after, removed);
             prop_assert!(d <= 0.10, "removing {} of {}: {}", removed, farm.len(), d);
         }
+    }
+
+    /// The disruption property, for the change that happens daily (a backend leaving
+    /// through health or admin state): removing any one of N backends, whatever was already
+    /// out, changes the owner of none of the other keys, and bringing it back restores the
+    /// table exactly. Each survivor's share of the freed slots follows its weight.
+    fn restricted_case(
+        farm: &[(String, u32)],
+        already_out: &[bool],
+        pick: usize,
+    ) -> Result<(), TestCaseError> {
+        let base = build_owned(farm, DEFAULT_TABLE_SIZE).unwrap();
+        let mut eligible: Vec<bool> = (0..farm.len())
+            .map(|i| !already_out.get(i).copied().unwrap_or(false))
+            .collect();
+        eligible[pick] = true;
+        let before = base.restrict(&eligible);
+        eligible[pick] = false;
+        let after = base.restrict(&eligible);
+        let mut moved = 0u32;
+        for (&b, &a) in before.table.iter().zip(&after.table) {
+            prop_assert!(
+                eligible[usize::from(a)],
+                "slot owned by an excluded backend"
+            );
+            if usize::from(b) != pick && a != b {
+                moved += 1;
+            }
+        }
+        prop_assert_eq!(moved, 0, "removing {} moved other keys", pick);
+        eligible[pick] = true;
+        prop_assert_eq!(digest(&base.restrict(&eligible)), digest(&before));
+        prop_assert_eq!(&counted_shares(&after), &after.shares());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn leaving_backend_moves_no_other_key(
+            farm in farms(),
+            out in prop::collection::vec(prop::bool::weighted(0.2), 100),
+            pick in any::<prop::sample::Index>(),
+        ) {
+            restricted_case(&farm, &out, pick.index(farm.len()))?;
+        }
+    }
+
+    #[test]
+    fn freed_slots_follow_weights() {
+        // web01 (weight 3) leaves: web02 (weight 1) and web03 (weight 2) share its slots 1:2.
+        let farm = [("web01", 3), ("web02", 1), ("web03", 2)];
+        let base = Maglev::build(farm, DEFAULT_TABLE_SIZE).unwrap();
+        let out = base.restrict(&[false, true, true]);
+        let gained: Vec<f64> = (1..3)
+            .map(|i| f64::from(out.shares()[i] - base.shares()[i]))
+            .collect();
+        let freed = f64::from(base.shares()[0]);
+        assert!(
+            (gained[0] / freed - 1.0 / 3.0).abs() < 0.02,
+            "{gained:?} of {freed}"
+        );
+        assert!(
+            (gained[1] / freed - 2.0 / 3.0).abs() < 0.02,
+            "{gained:?} of {freed}"
+        );
+        assert_eq!(out.shares()[0], 0);
+    }
+
+    #[test]
+    fn restricted_preference_skips_excluded_backends() {
+        let farm: Vec<(String, u32)> = (0..10).map(|i| (format!("gw{i}"), 1)).collect();
+        let base = build_owned(&farm, 1009).unwrap();
+        let eligible: Vec<bool> = (0..10).map(|i| i % 3 != 0).collect();
+        let m = base.restrict(&eligible);
+        for key in 0..200u64 {
+            let order: Vec<usize> = m.preference(key).collect();
+            assert_eq!(order.first().copied(), m.lookup(key));
+            assert_eq!(order.len(), 6, "{order:?}");
+            assert!(order.iter().all(|&i| eligible[i]), "{order:?}");
+        }
+        let none = base.restrict(&[false; 10]);
+        assert_eq!(none.lookup(7), None);
+        assert_eq!(none.preference(7).count(), 0);
     }
 
     proptest! {

@@ -89,10 +89,10 @@ pub struct PoolView {
     pub name: Arc<str>,
     /// Config order.
     pub backends: Vec<BackendView>,
-    /// Built over the eligible backends only; its indexes go through `maglev_backends`.
+    /// Built over every configured backend, in config order (so its indexes are indexes in
+    /// `backends`), then restricted to the eligible ones ([`Maglev::restrict`]).
     pub maglev: Maglev,
-    /// Maglev index → index in `backends`.
-    pub maglev_backends: Vec<usize>,
+    pub eligible_count: usize,
 }
 
 impl PoolView {
@@ -102,7 +102,7 @@ impl PoolView {
     }
 
     pub fn eligible_count(&self) -> usize {
-        self.maglev_backends.len()
+        self.eligible_count
     }
 }
 
@@ -201,10 +201,7 @@ impl<'a> Choice<'a> {
                 }
             }
         }
-        let first = pool
-            .maglev
-            .lookup(key.hash64())
-            .and_then(|m| pool.maglev_backends.get(m).copied());
+        let first = pool.maglev.lookup(key.hash64());
         Choice {
             pool,
             key,
@@ -220,7 +217,6 @@ impl<'a> Choice<'a> {
         let pool = self.pool;
         pool.maglev
             .preference(self.key.hash64())
-            .filter_map(move |m| pool.maglev_backends.get(m).copied())
             .filter(move |&i| Some(i) != first)
     }
 
