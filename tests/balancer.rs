@@ -16,15 +16,21 @@ async fn start(backends: &[(&str, std::net::SocketAddr, u32)]) -> portico::daemo
         .expect("daemon starts")
 }
 
+/// Three gateway stand-ins, web01..web03 with these weights, and the balancer in front.
+async fn farm(weights: [u32; 3]) -> (Vec<portico::lab::StandIn>, portico::daemon::Running) {
+    let gws = gateways(&["web01", "web02", "web03"]).await;
+    let backends: Vec<(&str, std::net::SocketAddr, u32)> = ["web01", "web02", "web03"]
+        .into_iter()
+        .zip(&gws)
+        .zip(weights)
+        .map(|((name, gw), w)| (name, gw.addr, w))
+        .collect();
+    (gws, start(&backends).await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_sticks_to_one_gateway_and_sources_spread_evenly() {
-    let gws = gateways(&["web01", "web02", "web03"]).await;
-    let d = start(&[
-        ("web01", gws[0].addr, 1),
-        ("web02", gws[1].addr, 1),
-        ("web03", gws[2].addr, 1),
-    ])
-    .await;
+    let (_gws, d) = farm([1, 1, 1]).await;
     let vip = d.local_addr("rdgw-https").unwrap();
 
     // Stickiness: 20 connections from each of 5 sources, each source always the same gateway.
@@ -57,13 +63,7 @@ async fn a_source_sticks_to_one_gateway_and_sources_spread_evenly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weight_two_gets_about_twice_the_share() {
-    let gws = gateways(&["web01", "web02", "web03"]).await;
-    let d = start(&[
-        ("web01", gws[0].addr, 1),
-        ("web02", gws[1].addr, 2),
-        ("web03", gws[2].addr, 1),
-    ])
-    .await;
+    let (_gws, d) = farm([1, 2, 1]).await;
     let vip = d.local_addr("rdgw-https").unwrap();
     let mut count: HashMap<String, usize> = HashMap::new();
     for n in 2..=241u8 {
@@ -83,13 +83,7 @@ async fn weight_two_gets_about_twice_the_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_udp_flow_reaches_the_gateway_of_its_tcp_channels() {
-    let gws = gateways(&["web01", "web02", "web03"]).await;
-    let d = start(&[
-        ("web01", gws[0].addr, 1),
-        ("web02", gws[1].addr, 1),
-        ("web03", gws[2].addr, 1),
-    ])
-    .await;
+    let (_gws, d) = farm([1, 1, 1]).await;
     let vip = d.local_addr("rdgw-https").unwrap();
     let udp = d.local_addr("rdgw-udp").unwrap();
     let mut seen = std::collections::HashSet::new();
@@ -118,13 +112,7 @@ async fn a_clients_udp_flow_reaches_the_gateway_of_its_tcp_channels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateways_clients_retry_elsewhere_and_other_connections_live_on() {
-    let gws = gateways(&["web01", "web02", "web03"]).await;
-    let d = start(&[
-        ("web01", gws[0].addr, 1),
-        ("web02", gws[1].addr, 1),
-        ("web03", gws[2].addr, 1),
-    ])
-    .await;
+    let (gws, d) = farm([1, 1, 1]).await;
     let vip = d.local_addr("rdgw-https").unwrap();
 
     // 30 clients with a kept-alive channel each.
@@ -180,13 +168,7 @@ async fn a_killed_gateways_clients_retry_elsewhere_and_other_connections_live_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_concurrent_connections_all_complete() {
     portico::balancer::raise_nofile_limit().unwrap();
-    let gws = gateways(&["web01", "web02", "web03"]).await;
-    let d = start(&[
-        ("web01", gws[0].addr, 1),
-        ("web02", gws[1].addr, 1),
-        ("web03", gws[2].addr, 1),
-    ])
-    .await;
+    let (_gws, d) = farm([1, 1, 1]).await;
     let vip = d.local_addr("rdgw-https").unwrap();
     const N: usize = 2000;
     let barrier = Arc::new(tokio::sync::Barrier::new(N));
