@@ -179,6 +179,7 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
             .name(format!("portico-dp{w}"))
             .spawn(move || {
                 rt.block_on(async move {
+                    tokio::spawn(balancer::timer_anchor());
                     for (i, name, l) in listeners {
                         match TcpListener::from_std(l) {
                             Ok(l) => {

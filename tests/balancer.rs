@@ -287,3 +287,47 @@ async fn no_eligible_backend_is_counted_not_hung() {
     let _ = c.write_all(b"x").await;
     d.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Half-close passes through both ways. The backend answers with a banner and its FIN in one
+/// go (the shape of a `Connection: close` response, which the relay detects without an extra
+/// read): the client gets every byte, then EOF, and can still send; the backend gets that data,
+/// then the client's FIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_passes_through_both_ways() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let baddr = backend.local_addr().unwrap();
+    let banner: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = banner.clone();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        s.write_all(&sent).await.unwrap();
+        s.shutdown().await.unwrap();
+        // Our sending half is closed; the client's data must still arrive, then its FIN.
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .expect("client FIN reaches the backend")
+            .unwrap();
+        got
+    });
+    let d = start(&[("web01", baddr, 1)]).await;
+    let mut c = tcp_from(source(2), d.local_addr("rdgw-https").unwrap())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+        .await
+        .expect("backend FIN reaches the client")
+        .unwrap();
+    assert_eq!(got.len(), banner.len(), "every banner byte, then EOF");
+    assert!(got == banner, "banner bytes intact");
+    // The client's half is still open after the backend's FIN.
+    c.write_all(b"still here").await.unwrap();
+    c.shutdown().await.unwrap();
+    let at_backend = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("backend done")
+        .unwrap();
+    assert_eq!(at_backend, b"still here");
+    d.shutdown(Duration::from_secs(1)).await;
+}

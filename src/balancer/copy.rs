@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -133,7 +133,11 @@ async fn pump(
 ) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
-        src.readable().await?;
+        // The peer's FIN shows in the readiness (EPOLLRDHUP) together with its last data, as
+        // a response and its close usually arrive: when it was seen *before* a read that
+        // drained the socket, nothing can follow, and the read that would only return 0 is
+        // skipped.
+        let fin_seen = src.ready(Interest::READABLE).await?.is_read_closed();
         let mut buf = take_buf();
         let r = drain(
             &mut src, &mut dst, &mut buf, counter, last, base, &mut total,
@@ -141,21 +145,31 @@ async fn pump(
         .await;
         give_buf(buf);
         match r {
-            Ok(true) => {
-                // Peer finished sending: pass the FIN on. An error means the other side is
-                // already fully closed, which is fine.
-                if eofs.fetch_add(1, Ordering::Relaxed) == 0 {
-                    let _ = dst.shutdown().await;
-                }
-                return Ok(total);
-            }
-            Ok(false) => {}
+            Ok(Drained::Eof) => {}
+            Ok(Drained::Short) if fin_seen => {}
+            Ok(_) => continue,
             Err(e) => return Err(e),
         }
+        // Peer finished sending: pass the FIN on. An error means the other side is already
+        // fully closed, which is fine.
+        if eofs.fetch_add(1, Ordering::Relaxed) == 0 {
+            let _ = dst.shutdown().await;
+        }
+        return Ok(total);
     }
 }
 
-/// Moves what `src` has buffered; `Ok(true)` on EOF, `Ok(false)` when `src` ran dry.
+/// How [`drain`] stopped.
+enum Drained {
+    /// The peer closed its sending half.
+    Eof,
+    /// A short read: the socket's receive queue is empty.
+    Short,
+    /// Not readable after all (spurious readiness).
+    Pending,
+}
+
+/// Moves what `src` has buffered, until EOF or a short read.
 ///
 /// Reads go through `AsyncRead::poll_read`, which on Linux marks the socket drained after a
 /// short read (tokio#5866): that saves the extra read that would only return EAGAIN, one
@@ -168,7 +182,7 @@ async fn drain(
     last: &AtomicU64,
     base: Instant,
     total: &mut u64,
-) -> io::Result<bool> {
+) -> io::Result<Drained> {
     loop {
         let mut rb = ReadBuf::new(buf);
         let polled = std::future::poll_fn(|cx| match Pin::new(&mut *src).poll_read(cx, &mut rb) {
@@ -179,17 +193,17 @@ async fn drain(
         .await;
         let n = rb.filled().len();
         match polled {
-            None => return Ok(false),
+            None => return Ok(Drained::Pending),
             Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Some(Err(e)) => return Err(e),
-            Some(Ok(())) if n == 0 => return Ok(true),
+            Some(Ok(())) if n == 0 => return Ok(Drained::Eof),
             Some(Ok(())) => {
                 dst.write_all(&buf[..n]).await?;
                 *total += n as u64;
                 counter.inc_by(n as u64);
                 last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
                 if n < buf.len() {
-                    return Ok(false);
+                    return Ok(Drained::Short);
                 }
             }
         }

@@ -72,12 +72,37 @@ fn set_stream_options(sock: &SockRef<'_>) -> io::Result<()> {
     sock.set_tcp_keepalive(&ka)
 }
 
-/// Options on a backend connection: no Nagle. No keepalive: the gateways sit on the
-/// balancer's LAN, where a vanished peer shows up as a reset, and the idle timeout bounds the
-/// rest; every syscall counts on short connections. Best effort: a socket that refuses it
-/// still relays correctly.
-pub fn tune_stream(stream: &tokio::net::TcpStream) {
-    let _ = SockRef::from(stream).set_tcp_nodelay(true);
+/// Connects to a backend, as `TcpStream::connect` does but without its `getsockopt(SO_ERROR)`
+/// after every connect: the readiness event already says whether the handshake failed
+/// (`EPOLLERR`/`EPOLLHUP`), so the error is fetched only then. One syscall fewer per proxied
+/// connection, on the path that bounds the new-connection rate.
+///
+/// Options: no Nagle. No keepalive: the gateways sit on the balancer's LAN, where a vanished
+/// peer shows up as a reset, and the idle timeout bounds the rest; every syscall counts on
+/// short connections.
+pub async fn connect_backend(addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    sock.set_tcp_nodelay(true)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    let ready = stream.ready(tokio::io::Interest::WRITABLE).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream.take_error()?.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "backend closed during connect",
+            )
+        }));
+    }
+    Ok(stream)
 }
 
 /// Raises the soft open-file limit to the hard limit: every proxied connection costs two

@@ -13,7 +13,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
 use super::copy::{relay, RelayEnd};
-use super::socket::tune_stream;
 use crate::metrics::{BackendCounters, ConnectFailure};
 use crate::snapshot::{Choice, Snapshot};
 
@@ -158,14 +157,16 @@ async fn connect(
         let counters = &svc.backend_counters[idx];
         let addr = b.socket_addr(svc.backend_port);
         let t0 = Instant::now();
-        let failure = match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(addr))
-            .await
+        let failure = match tokio::time::timeout(
+            svc.connect_timeout,
+            super::socket::connect_backend(addr),
+        )
+        .await
         {
             Ok(Ok(stream)) => {
                 counters
                     .connect_duration
                     .observe(t0.elapsed().as_secs_f64());
-                tune_stream(&stream);
                 if !choice.pinned || idx != first {
                     svc.group.table.insert(choice.key, b.id, now);
                 }
