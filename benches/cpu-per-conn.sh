@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# CPU time per proxied connection (Connection: close, 128 B) for Portico and HAProxy side by
+# side, alternating rounds, one worker thread each, nginx as the backend; loopback only.
+# Throughput on a shared 2-core machine swings with other load; the CPU a proxy spends per
+# connection (utime+stime from /proc, divided by connections served) barely does.
+#   cargo build --release && benches/cpu-per-conn.sh
+#   PORTICO_BIN_B=/path/to/other/portico benches/cpu-per-conn.sh   # two Portico builds + HAProxy
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+A=${PORTICO_BIN:-$here/target/release/portico}
+B=${PORTICO_BIN_B:-}
+ROUNDS=${ROUNDS:-3}
+for t in nginx haproxy wrk; do command -v $t >/dev/null || { echo "needs $t (see ../shared/bench/README.md)"; exit 2; }; done
+d=$(mktemp -d); cd "$d"
+mkdir -p www; head -c 128 /dev/zero | tr '\0' a > www/small.html
+cat > nginx.conf <<NG
+worker_processes 1; pid $d/nginx.pid; error_log $d/nginx.err; daemon off;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:18091; root $d/www; keepalive_timeout 0; } }
+NG
+nginx -c $d/nginx.conf & NGPID=$!
+mk() { cat > $d/$1.toml <<T
+[node]
+name = "b"
+[[service]]
+name = "bench"
+listen = "127.0.0.1:$2"
+pool = "p"
+[pool.p]
+backends = [ { name = "be1", address = "127.0.0.1:18091" } ]
+[metrics]
+listen = "off"
+[admin]
+socket = "$d/$1.sock"
+T
+}
+mk old 18090; mk new 18092
+"$A" run --config $d/old.toml --workers 1 >$d/old.log 2>&1 & OLD=$!
+NEW=
+if [ -n "$B" ]; then "$B" run --config $d/new.toml --workers 1 >$d/new.log 2>&1 & NEW=$!; fi
+cat > $d/haproxy.cfg <<H
+global
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen bench
+  bind 127.0.0.1:18093
+  server be1 127.0.0.1:18091
+H
+haproxy -f $d/haproxy.cfg >$d/haproxy.log 2>&1 & HAP=$!
+trap 'kill $OLD $NEW $NGPID $HAP 2>/dev/null; sleep 0.3; rm -rf "$d"' EXIT
+sleep 1.5
+cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+whos="portico haproxy"; [ -n "$B" ] && whos="portico portico_b haproxy"
+for round in $(seq "$ROUNDS"); do
+  for who in $whos; do
+    pid=$OLD; port=18090; [ $who = portico_b ] && { pid=$NEW; port=18092; }; [ $who = haproxy ] && { pid=$HAP; port=18093; }
+    c0=$(cpu $pid)
+    out=$(timeout 30 wrk -t1 -c20 -d4 -H "Connection: close" http://127.0.0.1:$port/small.html)
+    c1=$(cpu $pid)
+    reqs=$(echo "$out" | awk '/requests in/{print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+    ticks=$((c1-c0)); hz=$(getconf CLK_TCK)
+    echo "round $round $who: $reqs conns, $rps conn/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/conn", t/h*1e6/r}')"
+  done
+done
