@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -175,39 +176,75 @@ impl Notifier {
             );
         }
         let this = self.clone();
-        tasks.spawn(async move {
-            let snapshot = controller.snapshot();
-            let mut last_status = status_line(&snapshot.load());
-            let mut status_tick = tokio::time::interval(STATUS_EVERY);
-            // Without a watchdog this arm never fires.
-            let period = watchdog.map(ping_interval).unwrap_or(Duration::from_secs(3600));
-            let mut ping_tick = tokio::time::interval(period);
-            let mut silent = false;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = status_tick.tick() => {
-                        let line = status_line(&snapshot.load());
-                        if line != last_status {
-                            this.status(&line);
-                            last_status = line;
-                        }
-                    }
-                    _ = ping_tick.tick(), if watchdog.is_some() => {
-                        // Fresh means: a pass within the ping period plus one housekeeping
-                        // interval of slack, so a single slow pass does not cost a ping.
-                        let age = heartbeat.age();
-                        if should_ping(age, period + crate::daemon::HOUSEKEEPING_EVERY) {
-                            this.watchdog();
-                            silent = false;
-                        } else if !silent {
-                            warn!(age_s = age.as_secs_f64(), "systemd watchdog: housekeeping stalled, withholding pings");
-                            silent = true;
-                        }
-                    }
+        let snapshot = controller.snapshot();
+        tasks.spawn(supervise(
+            snapshot,
+            heartbeat,
+            watchdog,
+            stop,
+            move |n| match n {
+                Note::Status(line) => this.status(&line),
+                Note::Watchdog => this.watchdog(),
+            },
+        ));
+    }
+}
+
+/// What [`supervise`] asks to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    Status(String),
+    Watchdog,
+}
+
+/// The loop behind [`Notifier::spawn`], apart from the socket so it can be tested: a new
+/// STATUS= line whenever the snapshot's summary changes, and with a `watchdog` timeout a
+/// WATCHDOG=1 every half of it while `heartbeat` is fresh.
+pub async fn supervise(
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    heartbeat: Arc<Heartbeat>,
+    watchdog: Option<Duration>,
+    stop: CancellationToken,
+    mut send: impl FnMut(Note),
+) {
+    let mut last_status = status_line(&snapshot.load());
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    // Without a watchdog this arm is disabled; the period only has to be valid.
+    let period = watchdog
+        .map(ping_interval)
+        .unwrap_or(Duration::from_secs(3600));
+    let mut ping_tick = tokio::time::interval(period);
+    // Fresh means: a pass within the ping period plus one housekeeping interval of slack, so
+    // a single slow pass does not cost a ping.
+    let max_age = period + crate::daemon::HOUSEKEEPING_EVERY;
+    let mut silent = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = status_tick.tick() => {
+                let line = status_line(&snapshot.load());
+                if line != last_status {
+                    send(Note::Status(line.clone()));
+                    last_status = line;
                 }
             }
-        });
+            _ = ping_tick.tick(), if watchdog.is_some() => {
+                let age = heartbeat.age();
+                if should_ping(age, max_age) {
+                    send(Note::Watchdog);
+                    if silent {
+                        info!("systemd watchdog: housekeeping runs again, pinging");
+                    }
+                    silent = false;
+                } else if !silent {
+                    warn!(
+                        age_s = age.as_secs_f64(),
+                        "systemd watchdog: housekeeping stalled, withholding pings (systemd restarts us after WatchdogSec)"
+                    );
+                    silent = true;
+                }
+            }
+        }
     }
 }
 
@@ -235,6 +272,52 @@ mod tests {
         let h = Heartbeat::new();
         h.beat();
         assert!(h.age() < Duration::from_secs(1));
+    }
+
+    /// Pings flow while housekeeping beats, stop when it stalls, and resume when it beats again.
+    #[tokio::test]
+    async fn watchdog_pings_follow_the_heartbeat() {
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
+        let heartbeat = Arc::new(Heartbeat::new());
+        let stop = CancellationToken::new();
+        let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = pings.clone();
+        // 100 ms timeout: a ping every 50 ms; stale after 50 ms + 1 s of housekeeping slack.
+        let task = tokio::spawn(supervise(
+            snapshot,
+            heartbeat.clone(),
+            Some(Duration::from_millis(100)),
+            stop.clone(),
+            move |n| {
+                if n == Note::Watchdog {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        ));
+        let count = || pings.load(Ordering::Relaxed);
+        // Beating: pings.
+        for _ in 0..6 {
+            heartbeat.beat();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(count() >= 3, "pings while beating: {}", count());
+        // Stalled for longer than the slack: pings stop.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let stalled = count();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(count(), stalled, "no ping while housekeeping is stalled");
+        // Beating again: pings resume.
+        for _ in 0..6 {
+            heartbeat.beat();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            count() >= stalled + 3,
+            "pings resume: {} after {stalled}",
+            count()
+        );
+        stop.cancel();
+        task.await.unwrap();
     }
 
     #[test]
