@@ -280,10 +280,13 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
 /// Runs until SIGTERM or SIGINT, then drains for the configured time.
 pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     let drain = config.balancer.drain_timeout;
+    // Handlers before READY=1: systemd may send SIGTERM the moment it hears READY, and
+    // without a handler that signal kills the process instead of draining it.
+    let signals = Signals::install()?;
     let running = start_with(config, workers).await?;
     let notifier = crate::systemd::Notifier::from_env();
     running.notify_ready(&notifier);
-    wait_for_signal().await?;
+    signals.wait().await;
     notifier.stopping();
     let left = running.shutdown(drain).await;
     info!(closed_by_timeout = left, "stopped");
@@ -292,12 +295,30 @@ pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
+    Signals::install()?.wait().await;
     Ok(())
+}
+
+/// SIGTERM and SIGINT handlers, installed now and awaited later.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT (also one that arrived since `install`).
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
+    }
 }

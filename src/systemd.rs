@@ -98,14 +98,23 @@ pub fn status_line(snap: &Snapshot) -> String {
 #[derive(Clone, Debug)]
 pub struct Notifier {
     enabled: bool,
+    /// `NOTIFY_SOCKET` names a Linux abstract socket (`@name`), which the sd-notify crate
+    /// does not resolve (it treats the value as a path); systemd in containers uses them.
+    abstract_name: Option<Arc<[u8]>>,
     warned: Arc<AtomicBool>,
 }
 
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` once; without it every method does nothing.
     pub fn from_env() -> Notifier {
+        let var = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty());
+        let abstract_name = var.as_ref().and_then(|v| {
+            use std::os::unix::ffi::OsStrExt;
+            v.as_bytes().strip_prefix(b"@").map(Arc::from)
+        });
         Notifier {
-            enabled: std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty()),
+            enabled: var.is_some(),
+            abstract_name,
             warned: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -118,7 +127,11 @@ impl Notifier {
         if !self.enabled {
             return;
         }
-        if let Err(error) = sd_notify::notify(states) {
+        let sent = match &self.abstract_name {
+            Some(name) => send_abstract(name, states),
+            None => sd_notify::notify(states),
+        };
+        if let Err(error) = sent {
             // One warning: a broken notify socket would otherwise log on every ping.
             if !self.warned.swap(true, Ordering::Relaxed) {
                 warn!(%error, "systemd: cannot send to NOTIFY_SOCKET");
@@ -188,6 +201,16 @@ impl Notifier {
             },
         ));
     }
+}
+
+/// sd_notify(3) to an abstract socket: the same newline-separated datagram.
+fn send_abstract(name: &[u8], states: &[NotifyState]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
+    sock.send_to_addr(msg.as_bytes(), &addr)?;
+    Ok(())
 }
 
 /// What [`supervise`] asks to send.

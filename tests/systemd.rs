@@ -70,16 +70,11 @@ fn stderr_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
 }
 
-#[test]
-fn run_notifies_ready_after_bind_pings_watchdog_and_says_stopping() {
-    let dir = TempDir::new("sdnotify");
-    let notify_path = dir.0.join("notify.sock");
-    let sock = UnixDatagram::bind(&notify_path).unwrap();
-    // A backend that accepts (the kernel completes connects into the backlog).
-    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = free_port();
-    let service: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = dir.0.join("portico.toml");
+/// Writes a one-service config (a live backend, metrics off) and returns it with the service
+/// address; the backend listener must be kept alive by the caller.
+fn write_config(dir: &Path, backend: &TcpListener) -> (PathBuf, SocketAddr) {
+    let service: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join("portico.toml");
     std::fs::write(
         &config,
         format!(
@@ -109,36 +104,39 @@ listen = "off"
 socket = "{admin}"
 "#,
             backend = backend.local_addr().unwrap(),
-            admin = dir.0.join("admin.sock").display(),
+            admin = dir.join("admin.sock").display(),
         ),
     )
     .unwrap();
-    let stderr = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["run", "--workers", "1", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify_path)
-        // 1 s: pings every 0.5 s.
-        .env("WATCHDOG_USEC", "1000000")
-        .env_remove("WATCHDOG_PID")
-        .env("PORTICO_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("portico binary");
-    let mut child = ChildGuard(child);
-    let pid = child.0.id() as libc::pid_t;
+    (config, service)
+}
 
-    // The first notification must be READY=1, and at that moment the service must accept.
+fn spawn_run(dir: &Path, config: &Path, notify_socket: &std::ffi::OsStr) -> ChildGuard {
+    let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(["run", "--workers", "1", "--config"])
+            .arg(config)
+            .env("NOTIFY_SOCKET", notify_socket)
+            // 1 s: pings every 0.5 s.
+            .env("WATCHDOG_USEC", "1000000")
+            .env_remove("WATCHDOG_PID")
+            .env("PORTICO_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("portico binary"),
+    )
+}
+
+/// The first notification must be READY=1 with a STATUS= line, and when it arrives the
+/// service must already accept.
+fn expect_ready(sock: &UnixDatagram, service: SocketAddr, dir: &Path) {
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let first = recv(&sock).unwrap_or_else(|| {
-        panic!(
-            "no notification within 20 s; stderr:\n{}",
-            stderr_of(&dir.0)
-        )
-    });
+    let first = recv(sock)
+        .unwrap_or_else(|| panic!("no notification within 20 s; stderr:\n{}", stderr_of(dir)));
     let accepted = TcpStream::connect_timeout(&service, Duration::from_millis(500));
     assert!(
         has_line(&first, "READY=1"),
@@ -149,12 +147,58 @@ socket = "{admin}"
         "READY=1 arrived but {service} does not accept: {accepted:?}"
     );
     assert!(
-        first
-            .lines()
-            .any(|l| l == "STATUS=serving 1 service, 1/1 backends up"),
+        has_line(&first, "STATUS=serving 1 service, 1/1 backends up"),
         "READY=1 carries a STATUS= line, got {first:?}"
     );
-    drop(accepted);
+}
+
+/// SIGTERM: STOPPING=1, then a clean exit after the drain.
+fn expect_stopping(mut child: ChildGuard, sock: &UnixDatagram, dir: &Path) {
+    let pid = child.0.id() as libc::pid_t;
+    // SAFETY: kill(2) on the PID of the child this test spawned and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stopping = false;
+    while Instant::now() < deadline && !stopping {
+        if let Some(m) = recv(sock) {
+            stopping = has_line(&m, "STOPPING=1");
+        }
+    }
+    assert!(
+        stopping,
+        "no STOPPING=1 after SIGTERM; stderr:\n{}",
+        stderr_of(dir)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "portico did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}",
+        stderr_of(dir)
+    );
+}
+
+#[test]
+fn run_notifies_ready_after_bind_pings_watchdog_and_says_stopping() {
+    let dir = TempDir::new("sdnotify");
+    let notify_path = dir.0.join("notify.sock");
+    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    // A backend that accepts (the kernel completes connects into the backlog).
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (config, service) = write_config(&dir.0, &backend);
+    let child = spawn_run(&dir.0, &config, notify_path.as_os_str());
+    expect_ready(&sock, service, &dir.0);
 
     // Watchdog pings repeat at about half of WATCHDOG_USEC.
     let start = Instant::now();
@@ -173,40 +217,22 @@ socket = "{admin}"
         (3..=8).contains(&pings),
         "expected about 5 WATCHDOG=1 in 2.6 s with WATCHDOG_USEC=1s, got {pings}"
     );
+    expect_stopping(child, &sock, &dir.0);
+}
 
-    // SIGTERM: STOPPING=1, then a clean exit after the drain.
-    // SAFETY: kill(2) on the PID of the child this test spawned and still owns.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stopping = false;
-    while Instant::now() < deadline && !stopping {
-        if let Some(m) = recv(&sock) {
-            stopping = has_line(&m, "STOPPING=1");
-        }
-    }
-    assert!(
-        stopping,
-        "no STOPPING=1 after SIGTERM; stderr:\n{}",
-        stderr_of(&dir.0)
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "portico did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{}",
-        stderr_of(&dir.0)
-    );
+/// systemd in a container may hand out an abstract socket (`NOTIFY_SOCKET=@name`).
+#[test]
+fn run_notifies_an_abstract_notify_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = TempDir::new("sdabstract");
+    let name = format!("portico-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (config, service) = write_config(&dir.0, &backend);
+    let child = spawn_run(&dir.0, &config, std::ffi::OsStr::new(&format!("@{name}")));
+    expect_ready(&sock, service, &dir.0);
+    expect_stopping(child, &sock, &dir.0);
 }
 
 #[test]

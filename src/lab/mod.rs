@@ -167,6 +167,9 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
         print!("{}", config_toml(&ports, &ports.gateways, &admin_socket));
         return Ok(());
     }
+    // Before anything is printed: a SIGTERM right after "Ctrl-C stops the lab" must stop it
+    // cleanly, not kill it.
+    let signals = crate::daemon::Signals::install()?;
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("creating {}", opts.dir.display()))?;
     restrict_dir(&opts.dir)?;
@@ -285,7 +288,7 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops the lab.");
 
-    crate::daemon::wait_for_signal().await?;
+    signals.wait().await;
     running.shutdown(drain).await;
     stop.cancel();
     for (_, gw, ctl) in &gateways {
