@@ -217,6 +217,21 @@ fn run_notifies_ready_after_bind_pings_watchdog_and_says_stopping() {
         (3..=8).contains(&pings),
         "expected about 5 WATCHDOG=1 in 2.6 s with WATCHDOG_USEC=1s, got {pings}"
     );
+
+    // The backend dies: after `fall` failed probes the STATUS= line says so.
+    drop(backend);
+    let want = "STATUS=serving 1 service, 0/1 backends up; NO eligible backend in pool p";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !seen.iter().any(|m: &String| has_line(m, want)) {
+        if let Some(m) = recv(&sock) {
+            seen.push(m);
+        }
+    }
+    assert!(
+        seen.iter().any(|m| has_line(m, want)),
+        "no {want:?} after the backend died; got {seen:?}"
+    );
     expect_stopping(child, &sock, &dir.0);
 }
 
