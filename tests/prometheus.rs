@@ -490,6 +490,54 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
         }
     }
 
+    // The alerts see what happened in the lab: web01 fails its token probe, so its alerts are
+    // pending (their `for` is longer than this test) and the farm-wide ones stay quiet.
+    let want = ["PorticoGatewayDown", "PorticoGatewayRejectsTokens"];
+    let quiet = [
+        "PorticoDown",
+        "PorticoNoHealthyGateway",
+        "PorticoProbeCredentialSuspect",
+    ];
+    let t0 = Instant::now();
+    let active = loop {
+        let a = get(prom_addr, "/api/v1/alerts").await.expect("alerts API");
+        let active: Vec<(String, String, String)> = a["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+                (
+                    s(&x["labels"]["alertname"]),
+                    s(&x["labels"]["backend"]),
+                    s(&x["state"]),
+                )
+            })
+            .collect();
+        let all_there = want
+            .iter()
+            .all(|w| active.iter().any(|(n, b, _)| n == w && b == "web01"));
+        if all_there || t0.elapsed() > Duration::from_secs(15) {
+            break active;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("alerts active in the real Prometheus: {active:?}");
+    for w in want {
+        if !active.iter().any(|(n, b, _)| n == w && b == "web01") {
+            failures.push(format!(
+                "alert {w} not pending/firing for web01 while it rejects tokens: active {active:?}"
+            ));
+        }
+    }
+    for q in quiet {
+        if active.iter().any(|(n, _, _)| n == q) {
+            failures.push(format!(
+                "alert {q} active in a lab with two healthy gateways: {active:?}"
+            ));
+        }
+    }
+
     eprintln!(
         "{} dashboard queries checked, {} pending, {} alert rules loaded, {:.1}s in all",
         all.len(),
