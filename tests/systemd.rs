@@ -451,3 +451,99 @@ fn source_never_touches_proc_sys() {
         hits.join("\n")
     );
 }
+
+/// The unit runs Portico as an unprivileged user holding only CAP_NET_ADMIN, CAP_NET_RAW and
+/// CAP_NET_BIND_SERVICE as ambient capabilities, with no_new_privs. The same confinement made
+/// with setpriv(1): the daemon binds a port below 1024 and reports READY=1, holds exactly those
+/// capabilities, and without them cannot bind at all.
+#[test]
+fn run_works_unprivileged_with_only_the_three_capabilities() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: not root, cannot drop to another user");
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP: setpriv (util-linux) not installed");
+        return;
+    }
+    let dir = TempDir::new("sdpriv");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let notify_path = dir.0.join("notify.sock");
+    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A free privileged port: only CAP_NET_BIND_SERVICE lets the daemon bind it.
+    let start = 800 + (std::process::id() % 150) as u16;
+    let port = (start..1000)
+        .chain(700..start)
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 1024");
+    let service: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = dir.0.join("portico.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"sd-priv\"\n[[service]]\nname = \"web\"\nlisten = \"{service}\"\npool = \"p\"\n[pool.p]\nbackends = [{{ name = \"b1\", address = \"{}\" }}]\n[pool.p.health]\nchecks = [\"tcp\"]\n[balancer]\ndrain_timeout_s = 1\n[metrics]\nlisten = \"off\"\n[admin]\nsocket = \"{}\"\n",
+            backend.local_addr().unwrap(),
+            dir.0.join("admin.sock").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let confine = |caps: &str| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+            &format!("--inh-caps=-all{caps}"),
+            &format!("--ambient-caps=-all{caps}"),
+            &format!("--bounding-set=-all{caps}"),
+            env!("CARGO_BIN_EXE_portico"),
+            "run",
+            "--workers",
+            "1",
+            "--config",
+        ])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("WATCHDOG_USEC")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+        c
+    };
+
+    // Without the capabilities: a privileged port is refused, and the error says so.
+    let denied = confine("").stderr(Stdio::piped()).output().unwrap();
+    let said = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        !denied.status.success() && said.contains("Permission denied"),
+        "binding {service} without CAP_NET_BIND_SERVICE must fail: {said}"
+    );
+
+    let stderr = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
+    let child = ChildGuard(
+        confine(",+net_admin,+net_raw,+net_bind_service")
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    expect_ready(&sock, service, &dir.0);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    // Bits 10 (NET_BIND_SERVICE), 12 (NET_ADMIN), 13 (NET_RAW).
+    assert_eq!(field("CapEff:"), "0000000000003400", "{status}");
+    assert_eq!(field("CapBnd:"), "0000000000003400", "{status}");
+    assert!(field("Uid:").starts_with("65534"), "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    expect_stopping(child, &sock, &dir.0);
+}
