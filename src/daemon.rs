@@ -19,7 +19,7 @@ use crate::controller::Controller;
 use crate::metrics::{self, Metrics};
 
 /// How often stick tables are expired and their gauges refreshed.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
 /// A started daemon. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -27,6 +27,8 @@ pub struct Running {
     /// Every service's bound address (the real port when the config said port 0).
     pub bound: Vec<BoundService>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Stamped by the housekeeping loop; the systemd watchdog pings only while it is fresh.
+    pub heartbeat: Arc<crate::systemd::Heartbeat>,
     accept_stop: CancellationToken,
     hard_stop: CancellationToken,
     /// Listener and housekeeping tasks.
@@ -50,6 +52,19 @@ impl Running {
             .iter()
             .find(|b| b.name == service)
             .map(|b| b.addr)
+    }
+
+    /// Tells systemd (if it is listening) that every listener is bound, and starts the
+    /// watchdog/STATUS task, which ends with the daemon.
+    pub fn notify_ready(&self, notifier: &crate::systemd::Notifier) {
+        let line = crate::systemd::status_line(&self.controller.snapshot().load());
+        notifier.ready(&line);
+        notifier.spawn(
+            self.controller.clone(),
+            self.heartbeat.clone(),
+            &self.tasks,
+            self.hard_stop.clone(),
+        );
     }
 
     /// Stops accepting, waits up to `drain` for established connections to finish, then
@@ -226,15 +241,20 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         }
         None => None,
     };
+    let heartbeat = Arc::new(crate::systemd::Heartbeat::new());
     {
         let controller = controller.clone();
         let stop = hard_stop.clone();
+        let heartbeat = heartbeat.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tick.tick() => controller.housekeeping(std::time::Instant::now()),
+                    _ = tick.tick() => {
+                        controller.housekeeping(std::time::Instant::now());
+                        heartbeat.beat();
+                    }
                 }
             }
         });
@@ -249,6 +269,7 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         controller,
         bound,
         metrics_addr,
+        heartbeat,
         accept_stop,
         hard_stop,
         tasks,
@@ -260,8 +281,14 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
 /// Runs until SIGTERM or SIGINT, then drains for the configured time.
 pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     let drain = config.balancer.drain_timeout;
+    // Handlers before READY=1: systemd may send SIGTERM the moment it hears READY, and
+    // without a handler that signal kills the process instead of draining it.
+    let signals = Signals::install()?;
     let running = start_with(config, workers).await?;
-    wait_for_signal().await?;
+    let notifier = crate::systemd::Notifier::from_env();
+    running.notify_ready(&notifier);
+    signals.wait().await;
+    notifier.stopping();
     let left = running.shutdown(drain).await;
     info!(closed_by_timeout = left, "stopped");
     Ok(())
@@ -269,12 +296,30 @@ pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
+    Signals::install()?.wait().await;
     Ok(())
+}
+
+/// SIGTERM and SIGINT handlers, installed now and awaited later.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT (also one that arrived since `install`).
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
+    }
 }

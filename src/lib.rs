@@ -30,6 +30,8 @@
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
 //! - [`cli`]: subcommands beyond wiring (`portico token ...`), returning text and status.
+//! - [`systemd`]: `Type=notify` support: READY/STATUS/RELOADING/STOPPING and watchdog pings
+//!   that stop when the housekeeping loop stalls; no-ops without `NOTIFY_SOCKET`.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
 
 pub mod affinity;
@@ -46,4 +48,5 @@ pub mod metrics;
 pub mod rdg;
 pub mod sim;
 pub mod snapshot;
+pub mod systemd;
 pub mod token;

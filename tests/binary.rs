@@ -122,13 +122,21 @@ async fn lab_serves_ms_tsgu_udp_and_metrics_then_stops_cleanly_on_sigterm() {
     assert_eq!(c.create_channel("hv01.lab.test", 2179).await.unwrap(), 0);
 
     // The gateway that holds the tunnel (from its control socket) also gets the client's UDP.
+    // The gateway refreshes its record just after sending CHANNEL_RESPONSE, and the lab's
+    // health probes keep it busy: look again for a moment.
     let mut holder = None;
-    for gw in ["web01", "web02", "web03"] {
-        if control(&dir.join(format!("{gw}.ctl")), "records")
-            .await
-            .contains("target=hv01.lab.test:2179")
-        {
-            holder = Some(gw);
+    let t0 = Instant::now();
+    while holder.is_none() && t0.elapsed() < Duration::from_secs(3) {
+        for gw in ["web01", "web02", "web03"] {
+            if control(&dir.join(format!("{gw}.ctl")), "records")
+                .await
+                .contains("target=hv01.lab.test:2179")
+            {
+                holder = Some(gw);
+            }
+        }
+        if holder.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     let holder = holder.expect("one gateway recorded the channel");

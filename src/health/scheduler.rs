@@ -81,6 +81,12 @@ pub fn spawn(
             .find(|s| s.pool == pool.name && s.protocol == crate::config::Protocol::Tcp)
             .map(|s| s.backend_port)
             .unwrap_or(443);
+        // Exported as 0 from the start: an alert on this gauge must see a series, not an
+        // absence that could also mean "not scraped".
+        metrics
+            .probe_credential_suspect
+            .with_label_values(&[pool.name.as_str()])
+            .set(0);
         let shared = Arc::new(Mutex::new(PoolShared {
             backends: pool.backends.len(),
             ..PoolShared::default()

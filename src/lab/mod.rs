@@ -78,6 +78,8 @@ pub fn node_fqdn(node: &str) -> String {
 /// The lab's config text for these addresses. It goes through the same parser and validator
 /// as an operator's file.
 pub fn config_toml(ports: &LabPorts, gateways: &[SocketAddr], admin_socket: &Path) -> String {
+    // The lab keeps its CA and signer beside the admin socket (all in `--dir`).
+    let lab_dir = admin_socket.parent().unwrap_or(Path::new("."));
     let mut backends = String::new();
     for (name, addr) in GATEWAYS.iter().zip(gateways) {
         let _ = writeln!(backends, "  {{ name = \"{name}\", address = \"{addr}\" }},");
@@ -110,7 +112,12 @@ backends = [
 [pool.gateways.health]
 interval_ms = 1000
 timeout_ms = 500
-checks = ["tcp"]
+# The whole chain, as in production: the lab's gateways trust the lab signer, so a token fault
+# injected on one (`fault token-reject`) takes it out of rotation, and the certificate expiry,
+# clock skew and verdict metrics are all there for dashboards.
+checks = ["tcp", "tls", "rdg-token"]
+tls = {{ server_name = "{alias}", ca_file = "{ca}" }}
+rdg_token = {{ signing_cert = "{signer_cert}", signing_key = "{signer_key}", host = "{hyperv_host}" }}
 
 [metrics]
 listen = "{metrics}"
@@ -122,6 +129,11 @@ socket = "{admin}"
         udp = ports.udp,
         metrics = ports.metrics,
         admin = admin_socket.display(),
+        alias = ALIAS,
+        ca = lab_dir.join("ca.pem").display(),
+        signer_cert = lab_dir.join("signer.pem").display(),
+        signer_key = lab_dir.join("signer.key").display(),
+        hyperv_host = HYPERV_HOST,
     )
 }
 
@@ -155,6 +167,9 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
         print!("{}", config_toml(&ports, &ports.gateways, &admin_socket));
         return Ok(());
     }
+    // Before anything is printed: a SIGTERM right after "Ctrl-C stops the lab" must stop it
+    // cleanly, not kill it.
+    let signals = crate::daemon::Signals::install()?;
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("creating {}", opts.dir.display()))?;
     restrict_dir(&opts.dir)?;
@@ -273,7 +288,7 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops the lab.");
 
-    crate::daemon::wait_for_signal().await?;
+    signals.wait().await;
     running.shutdown(drain).await;
     stop.cancel();
     for (_, gw, ctl) in &gateways {

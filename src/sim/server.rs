@@ -1120,19 +1120,31 @@ impl<W: AsyncWrite + Unpin> Tunnel<W> {
     async fn finish(mut self, reason: CloseReason) {
         self.sync_record(reason);
         let rec = lock(&self.record).clone();
-        info!(
-            gateway = %self.sh.name,
-            conn = %rec.connection_id,
-            transport = rec.transport.as_str(),
-            verdict = %rec.verdict,
-            token = rec.token.as_deref().unwrap_or("-"),
-            client = rec.client_name.as_deref().unwrap_or("-"),
-            target = rec.target.as_deref().unwrap_or("-"),
-            bytes_to_target = rec.bytes_to_target,
-            bytes_from_target = rec.bytes_from_target,
-            close = %reason,
-            "sim.tunnel"
-        );
+        let gateway = &self.sh.name;
+        macro_rules! tunnel_line {
+            ($level:ident) => {
+                $level!(
+                    gateway = %gateway,
+                    conn = %rec.connection_id,
+                    transport = rec.transport.as_str(),
+                    verdict = %rec.verdict,
+                    token = rec.token.as_deref().unwrap_or("-"),
+                    client = rec.client_name.as_deref().unwrap_or("-"),
+                    target = rec.target.as_deref().unwrap_or("-"),
+                    bytes_to_target = rec.bytes_to_target,
+                    bytes_from_target = rec.bytes_from_target,
+                    close = %reason,
+                    "sim.tunnel"
+                )
+            };
+        }
+        // A tunnel that verified its token and opened no channel is a health probe's (the lab
+        // probes each gateway every second): debug, so the lab's log shows clients and faults.
+        if rec.verdict.is_ok() && rec.target.is_none() {
+            tunnel_line!(debug);
+        } else {
+            tunnel_line!(info);
+        }
         if reason == CloseReason::FaultReset {
             // Let HANDSHAKE_RESPONSE leave before the reset discards unsent data.
             tokio::time::sleep(Duration::from_millis(50)).await;
