@@ -112,6 +112,12 @@ interval_ms = 1000
 timeout_ms = 500
 checks = ["tcp"]
 
+[dns]
+listen = ["{dns}"]
+zone = "lab.test."
+alias = "{alias}."
+ttl = 5
+
 [metrics]
 listen = "{metrics}"
 
@@ -121,6 +127,8 @@ socket = "{admin}"
         tls = ports.tls,
         udp = ports.udp,
         metrics = ports.metrics,
+        dns = ports.dns,
+        alias = ALIAS,
         admin = admin_socket.display(),
     )
 }
@@ -254,6 +262,9 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     if let Some(m) = running.metrics_addr {
         println!("  metrics   http://{m}/metrics");
     }
+    for d in &running.dns_addrs {
+        println!("  dns       {d} (zone lab.test.: {ALIAS}, web01..web03.lab.test)");
+    }
     println!("  rdp file  {}", path("console.rdp").display());
     println!();
     println!("Try:");
@@ -263,6 +274,10 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
         path("signer.key").display()
     );
     println!("  curl --cacert {} --resolve {ALIAS}:{port}:127.0.0.1 -X RDG_OUT_DATA https://{ALIAS}:{port}/remoteDesktopGateway/ -o /dev/null -w '%{{http_code}}\\n'", path("ca.pem").display());
+    println!(
+        "  dig @127.0.0.1 -p {} {ALIAS} A   (the VIPs whose gateways can serve)",
+        ports.dns.port()
+    );
     println!(
         "  echo hello | nc -u -w1 127.0.0.1 {}   (answers with the gateway's name)",
         ports.udp.port()
