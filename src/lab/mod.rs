@@ -117,6 +117,7 @@ listen = ["{dns}"]
 zone = "lab.test."
 alias = "{alias}."
 ttl = 5
+allow_transfer = ["127.0.0.1"]
 
 [metrics]
 listen = "{metrics}"
