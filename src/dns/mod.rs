@@ -20,6 +20,9 @@
 //! - [`server`] is the I/O: one UDP socket per core sharing the port (`SO_REUSEPORT`), each
 //!   drained by a task in batches, and a TCP listener with a connection cap and idle timeout.
 //!
+//! [`fuzzing`] holds the logic of the `dns_query` fuzz target (also run as plain tests over
+//! its seed corpus and random input).
+//!
 //! hickory-proto is still the reference: the zone's unit and property tests decode every
 //! answer with it, so our encoder is checked by an independent decoder, and the integration
 //! tests ask the real `dig`.
@@ -33,6 +36,7 @@
 //! (one pointer comparison per query), the zone is rebuilt once under a lock and shared. The
 //! SOA serial moves only when the answered set changes.
 
+pub mod fuzzing;
 pub mod server;
 pub mod wire;
 pub mod zone;
