@@ -375,8 +375,10 @@ async fn serve_udp(
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP errors from earlier sends surface here; they concern that client only.
+                // Counted toward the batch so a persistent error cannot spin this loop.
                 Err(error) => {
                     debug!(%error, "dns: udp receive");
+                    handled += 1;
                     continue;
                 }
             };
