@@ -27,8 +27,6 @@ pub struct Running {
     /// Every service's bound address (the real port when the config said port 0).
     pub bound: Vec<BoundService>,
     pub metrics_addr: Option<SocketAddr>,
-    /// The DNS server's addresses (UDP and TCP share each), one per `[dns] listen` entry.
-    pub dns_addrs: Vec<SocketAddr>,
     accept_stop: CancellationToken,
     hard_stop: CancellationToken,
     /// Listener and housekeeping tasks.
@@ -37,6 +35,8 @@ pub struct Running {
     connections: TaskTracker,
     /// The data-plane threads (one current-thread runtime each).
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The DNS server's addresses (UDP and TCP share each), one per `[dns] listen` entry.
+    pub dns_addrs: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -271,12 +271,12 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         controller,
         bound,
         metrics_addr,
-        dns_addrs,
         accept_stop,
         hard_stop,
         tasks,
         connections,
         threads,
+        dns_addrs,
     })
 }
 
