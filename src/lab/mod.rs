@@ -115,7 +115,7 @@ checks = ["tcp"]
 [dns]
 listen = ["{dns}"]
 zone = "lab.test."
-alias = "{alias}."
+alias = "{dns_alias}."
 ttl = 5
 allow_transfer = ["127.0.0.1"]
 
@@ -129,7 +129,7 @@ socket = "{admin}"
         udp = ports.udp,
         metrics = ports.metrics,
         dns = ports.dns,
-        alias = ALIAS,
+        dns_alias = ALIAS,
         admin = admin_socket.display(),
     )
 }
