@@ -542,3 +542,63 @@ async fn malformed_queries_are_counted_and_survived() {
     assert!(m.contains("portico_dns_answer_duration_seconds_count{transport=\"udp\"}"));
     running.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Kills the child on drop so a failing test leaves no process behind.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `portico lab` serves its zone on its DNS port (the README's lab table): the alias and the
+/// gateways' SAN names.
+#[test]
+fn lab_answers_on_its_dns_port() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if !have_dig() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("portico-dns-lab-{}", std::process::id()));
+    // Base 12100: every lab port below the ephemeral range, apart from tests/binary.rs's 12000.
+    let child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["lab", "--port-base", "12100", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn portico lab");
+    let mut g = ChildGuard(child);
+    let out = g.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed: Vec<String> = Vec::new();
+    let t0 = Instant::now();
+    while !printed.iter().any(|l| l.starts_with("Ctrl-C")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "lab did not come up: {printed:?}"
+        );
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            printed.push(l);
+        }
+    }
+    let all = printed.join("\n");
+    assert!(all.contains("dns       127.0.0.1:12153"), "{all}");
+    let dns: SocketAddr = "127.0.0.1:12153".parse().unwrap();
+    let out = dig(dns, &["rdgw.lab.test", "A"]);
+    assert_eq!(answers(&out, "A"), ["127.0.0.1"], "{out}");
+    for gw in ["web01", "web02", "web03"] {
+        let out = dig(dns, &[&format!("{gw}.lab.test"), "A", "+tcp"]);
+        assert_eq!(answers(&out, "A"), ["127.0.0.1"], "{gw}: {out}");
+    }
+    drop(g);
+    let _ = std::fs::remove_dir_all(&dir);
+}
