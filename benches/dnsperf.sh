@@ -9,14 +9,17 @@
 # rrl-ratelimit: 0 (its response-rate limiting would cap it at a few hundred q/s on loopback)
 # and with as many server processes as Portico has DNS sockets (one per core, SO_REUSEPORT).
 # Both servers use their own config, pid and zone files in a temporary directory and are
-# stopped by PID.
+# stopped by PID. dnsperf uses 16 client sockets by default: SO_REUSEPORT picks a server socket
+# by hashing the client's address and port, and with only 4 clients one server socket (one
+# core) often gets three or all four of them, on both servers alike, which swings a round by
+# half.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$here/target}
 portico=${PORTICO_BIN:-$target/release/portico}
 seconds=${SECONDS_EACH:-15}
 rounds=${ROUNDS:-2}
-clients=${CLIENTS:-4}
+clients=${CLIENTS:-16}
 portico_port=${PORTICO_DNS_PORT:-15353}
 nsd_port=${NSD_DNS_PORT:-15354}
 cores=$(nproc)
