@@ -602,3 +602,31 @@ fn lab_answers_on_its_dns_port() {
     drop(g);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A DNS address that cannot be bound fails the start (rather than a daemon without DNS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_dns_address_fails_the_start() {
+    let taken_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    for (addr, proto) in [
+        (taken_udp.local_addr().unwrap(), "udp"),
+        (taken_tcp.local_addr().unwrap(), "tcp"),
+    ] {
+        let mut cfg = common::config(&[]);
+        let mut d = dns_config();
+        d.alias_services = vec!["rdgw-https".into()];
+        d.listen = vec![addr];
+        cfg.dns = Some(d);
+        let err = match portico::daemon::start_with(cfg, 1).await {
+            Ok(r) => {
+                r.shutdown(Duration::from_secs(1)).await;
+                panic!("started on a taken {proto} address {addr}");
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.contains(&format!("dns: cannot listen on {proto} {addr}")),
+            "{err}"
+        );
+    }
+}
