@@ -102,7 +102,8 @@ pub enum Malformed {
     Response,
     /// QDCOUNT is not 1 (RFC 9619: exactly one question).
     QuestionCount,
-    /// A count or length promises more bytes than the packet has.
+    /// A count or length promises more bytes than the packet has (or more records than any
+    /// query carries, which we refuse to walk).
     Truncated,
     /// A label type other than a plain label (0x40/0x80 extended labels).
     Label,
