@@ -68,3 +68,26 @@ write("websocket", "masked_handshake", b(MASKED_HANDSHAKE))
 write("websocket", "server_stream", b"".join(frame(2, b(PACKETS[n])) for n in server))
 write("websocket", "control", frame(9, b"hi") + frame(10, b"hi", b"\x01\x02\x03\x04") + frame(8, b"\x03\xe8"))
 write("websocket", "len16", frame(2, bytes(200), b"\x11\x22\x33\x44"))
+
+# DNS queries (src/dns/fuzzing.rs): the zone there is lab.test.
+import struct
+def dns_query(name, qtype, edns=None, flags=0x0100, qid=0x1234):
+    q = struct.pack(">HHHHHH", qid, flags, 1, 0, 0, 1 if edns else 0)
+    for label in name.strip(".").split("."):
+        if label:
+            q += bytes([len(label)]) + label.encode()
+    q += b"\0" + struct.pack(">HH", qtype, 1)
+    if edns:
+        q += b"\0" + struct.pack(">HHIH", 41, edns, 0x8000, 0)
+    return q
+
+os.makedirs(os.path.join("corpus", "dns_query"), exist_ok=True)
+write("dns_query", "alias_a", dns_query("rdgw.lab.test", 1))
+write("dns_query", "alias_aaaa_edns", dns_query("RDGW.lab.TEST", 28, 1232))
+write("dns_query", "apex_soa", dns_query("lab.test", 6))
+write("dns_query", "apex_ns_edns512", dns_query("lab.test", 2, 512))
+write("dns_query", "any", dns_query("lab.test", 255, 4096))
+write("dns_query", "axfr", dns_query("lab.test", 252))
+write("dns_query", "nxdomain", dns_query("nope.lab.test", 1))
+write("dns_query", "outside", dns_query("example.com", 1))
+write("dns_query", "update_opcode", dns_query("lab.test", 6, flags=0x2800))

@@ -127,6 +127,17 @@ pub fn render_plan(c: &Config) -> String {
     if let Some(d) = &c.dns {
         let l: Vec<String> = d.listen.iter().map(|a| a.to_string()).collect();
         let _ = writeln!(o, "dns zone {} ttl {} on {}", d.zone, d.ttl, l.join(", "));
+        if let Some(spec) = crate::dns::ZoneSpec::from_config(c) {
+            let addrs: Vec<String> = spec
+                .alias_targets
+                .iter()
+                .map(|t| format!("{} ({})", t.addr, t.services.join(", ")))
+                .collect();
+            let _ = writeln!(o, "  alias {} -> {}", spec.alias, addrs.join(", "));
+            for (name, addr) in &spec.hosts {
+                let _ = writeln!(o, "  name  {name} -> {addr}");
+            }
+        }
     }
     match c.metrics.listen {
         Some(a) => {

@@ -37,6 +37,8 @@ pub struct Running {
     connections: TaskTracker,
     /// The data-plane threads (one current-thread runtime each).
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The DNS server's addresses (UDP and TCP share each), one per `[dns] listen` entry.
+    pub dns_addrs: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +134,13 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         ),
         None => None,
     };
+    // Bound here so a bad DNS address fails the start; the zone's content is read from the
+    // config before the controller takes it.
+    let dns = match &config.dns {
+        Some(d) => Some(crate::dns::bind(&d.listen, default_workers())?),
+        None => None,
+    };
+    let dns_spec = crate::dns::ZoneSpec::from_config(&config);
     let workers = workers.max(1);
     // tcp[w] holds worker w's listeners: (service index, name, listener).
     let mut tcp: Vec<Vec<(usize, String, std::net::TcpListener)>> =
@@ -233,6 +242,20 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         ));
     }
     crate::health::spawn(&controller, &tasks, hard_stop.child_token()).context("health checks")?;
+    let dns_addrs = match (dns, dns_spec) {
+        (Some(bound), Some(spec)) => {
+            let addrs = bound.addrs.clone();
+            bound.spawn(
+                spec,
+                controller.snapshot(),
+                &metrics,
+                &tasks,
+                accept_stop.clone(),
+            )?;
+            addrs
+        }
+        _ => Vec::new(),
+    };
     let metrics_addr = match metrics_listener {
         Some(l) => {
             let a = l.local_addr()?;
@@ -275,6 +298,7 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         tasks,
         connections,
         threads,
+        dns_addrs,
     })
 }
 

@@ -20,6 +20,8 @@
 //! - [`health`]: probe scheduling (one task per backend, jittered interval), the checks (tcp,
 //!   tls, rdg-token through a real MS-TSGU tunnel opening), verdicts, rise/fall hysteresis,
 //!   passive failure reports from the data plane, fail-static on farm-wide token rejection.
+//! - [`dns`]: the authoritative zone for the gateway alias (UDP, TCP, EDNS, AXFR), answering
+//!   with the VIPs whose pools can serve, from the current snapshot.
 //! - [`metrics`]: the Prometheus registry, every metric name, and the `/metrics` listener.
 //! - [`token`]: the VMM console-connect token (pure): mint and sign it as VMM does, verify it
 //!   step by step as the FedAuth gateway plug-in does, redact it for logs, write the .rdp file.
@@ -41,6 +43,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod dns;
 pub mod health;
 pub mod lab;
 pub mod maglev;

@@ -49,6 +49,10 @@ pub const BACKEND_STATE_CHANGES: &str = "portico_backend_state_changes_total";
 pub const BACKEND_CERT_NOT_AFTER: &str = "portico_backend_cert_not_after_seconds";
 pub const BACKEND_CLOCK_SKEW: &str = "portico_backend_clock_skew_seconds";
 pub const PROBE_CREDENTIAL_SUSPECT: &str = "portico_probe_credential_suspect";
+pub const DNS_QUERIES: &str = "portico_dns_queries_total";
+pub const DNS_ANSWER_DURATION: &str = "portico_dns_answer_duration_seconds";
+pub const DNS_MALFORMED: &str = "portico_dns_malformed_total";
+pub const DNS_ALIAS_ADDRESSES: &str = "portico_dns_alias_addresses";
 
 /// Why a client connection got no backend at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +142,12 @@ pub struct Metrics {
     pub backend_cert_not_after: IntGaugeVec,
     pub backend_clock_skew: IntGaugeVec,
     pub probe_credential_suspect: IntGaugeVec,
+    /// `qtype` from a closed set (a, aaaa, ns, soa, any, axfr, ixfr, other), `rcode` likewise.
+    pub dns_queries: IntCounterVec,
+    /// From the packet read to the answer ready, per transport.
+    pub dns_answer_duration: HistogramVec,
+    pub dns_malformed: IntCounterVec,
+    pub dns_alias_addresses: IntGauge,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -202,7 +212,50 @@ impl Metrics {
         .expect("static metric definition");
         reg.register(Box::new(probe_duration.clone()))
             .expect("metric registered once");
+        let dns_answer_duration = HistogramVec::new(
+            HistogramOpts::new(
+                DNS_ANSWER_DURATION,
+                "Time from reading a DNS query to its answer being ready (not counting the send).",
+            )
+            .buckets(vec![
+                0.000_001,
+                0.000_002_5,
+                0.000_005,
+                0.000_01,
+                0.000_025,
+                0.000_05,
+                0.000_1,
+                0.000_25,
+                0.001,
+                0.01,
+            ]),
+            &["transport"],
+        )
+        .expect("static metric definition");
+        reg.register(Box::new(dns_answer_duration.clone()))
+            .expect("metric registered once");
+        let dns_alias_addresses = IntGauge::new(
+            DNS_ALIAS_ADDRESSES,
+            "Addresses the DNS alias answers with now (VIPs whose pools can serve, or all when none can).",
+        )
+        .expect("static metric definition");
+        reg.register(Box::new(dns_alias_addresses.clone()))
+            .expect("metric registered once");
         Arc::new(Metrics {
+            dns_queries: counter(
+                &reg,
+                DNS_QUERIES,
+                "DNS queries answered, by query type (a, aaaa, ns, soa, any, axfr, ixfr, other) and response code.",
+                &["qtype", "rcode"],
+            ),
+            dns_answer_duration,
+            dns_malformed: counter(
+                &reg,
+                DNS_MALFORMED,
+                "DNS packets that were not a readable query, by reason; answered FORMERR when the header could be read, else dropped.",
+                &["reason"],
+            ),
+            dns_alias_addresses,
             probe_duration,
             probe_results: counter(
                 &reg,

@@ -195,6 +195,16 @@ const BROKEN: &[Case] = &[
         &[(15, "dns.zone", "has an empty label")],
     ),
     (
+        "broken-dns-names.toml",
+        &[
+            (16, "dns.alias", "is outside the zone \"lab.test.\""),
+            (17, "dns.alias_services[1]", "no service named \"nope\""),
+            (18, "dns.allow_transfer[0]", "not an address or prefix"),
+            (19, "dns.soa.rname", "a dot in the mailbox's local part"),
+            (19, "dns.soa.refresh_s", "must be between 1 and"),
+        ],
+    ),
+    (
         "broken-syntax.toml",
         &[(3, "", "syntax error: invalid basic string")],
     ),
@@ -412,6 +422,26 @@ fn reference_config_values() {
         c.dns.as_ref().map(|d| d.zone.as_str()),
         Some("rdgw.example.com.")
     );
+    let dns = c.dns.as_ref().expect("dns");
+    assert_eq!(dns.alias, "rdgw.example.com.");
+    assert_eq!(dns.nameservers, ["ns.rdgw.example.com."]);
+    assert_eq!(dns.soa.rname, "hostmaster.rdgw.example.com.");
+    assert_eq!(
+        (
+            dns.soa.refresh,
+            dns.soa.retry,
+            dns.soa.expire,
+            dns.soa.minimum
+        ),
+        (
+            defaults::DNS_SOA_REFRESH_S,
+            defaults::DNS_SOA_RETRY_S,
+            defaults::DNS_SOA_EXPIRE_S,
+            dns.ttl
+        ),
+        "the reference spells out the defaults"
+    );
+    assert_eq!(dns.allow_transfer.len(), 1);
     assert_eq!(c.services[0].affinity, c.services[1].affinity);
 }
 
@@ -449,6 +479,7 @@ fn lab_config_values() {
         (dns.listen.clone(), dns.zone.as_str()),
         (vec![addr("127.0.0.1:10053")], "lab.test.")
     );
+    assert_eq!(dns.alias, "rdgw.lab.test.");
     assert_eq!(c.metrics.listen, Some(addr("127.0.0.1:9469")));
     assert_eq!(c.admin.socket, Path::new("/tmp/portico-lab/admin.sock"));
 }
@@ -490,7 +521,15 @@ fn zone_is_normalised() {
     let text =
         format!("{MINIMAL}\n[dns]\nlisten = [\"127.0.0.1:10053\"]\nzone = \"RDGW.Example.COM\"\n");
     let c = config::parse(&text, Path::new("z.toml")).expect("valid");
-    assert_eq!(c.dns.map(|d| d.zone), Some("rdgw.example.com.".to_owned()));
+    let dns = c.dns.expect("dns");
+    assert_eq!(dns.zone, "rdgw.example.com.");
+    // Defaults: the alias is the apex, one name server below it, every service carried.
+    assert_eq!(dns.alias, "rdgw.example.com.");
+    assert_eq!(dns.nameservers, ["ns.rdgw.example.com."]);
+    assert_eq!(dns.soa.rname, "hostmaster.rdgw.example.com.");
+    assert_eq!(dns.soa.minimum, dns.ttl);
+    assert_eq!(dns.alias_services.len(), c.services.len());
+    assert!(dns.allow_transfer.is_empty());
 }
 
 proptest::proptest! {

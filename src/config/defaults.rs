@@ -72,6 +72,18 @@ pub const DRAIN_TIMEOUT_S: u64 = 30;
 
 /// `[dns] ttl`: short, so clients follow a VIP hand-over or a health change quickly.
 pub const DNS_TTL: u32 = 30;
+/// `[dns] nameservers`: one name below the zone (its address comes from `[dns] listen`).
+pub const DNS_NAMESERVER_LABEL: &str = "ns";
+/// `[dns] soa.rname`: RFC 2142's mailbox for DNS, below the zone.
+pub const DNS_SOA_RNAME_LABEL: &str = "hostmaster";
+/// `[dns] soa.refresh_s`: RFC 1912 §2.2's range is 20 min .. 12 h.
+pub const DNS_SOA_REFRESH_S: u32 = 3600;
+/// `[dns] soa.retry_s`.
+pub const DNS_SOA_RETRY_S: u32 = 600;
+/// `[dns] soa.expire_s`: two weeks (RFC 1912 §2.2 suggests 2-4 weeks).
+pub const DNS_SOA_EXPIRE_S: u32 = 1_209_600;
+// `[dns] soa.minimum_s` defaults to `[dns] ttl`: a name that is missing now may appear with
+// the next health change, so it is cached no longer than a positive answer.
 
 /// `[metrics] listen`: loopback, see the security notes in DESIGN.md.
 pub const METRICS_LISTEN: &str = "127.0.0.1:9469";

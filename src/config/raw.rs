@@ -150,6 +150,23 @@ pub struct RawDns {
     pub listen: Option<Vec<String>>,
     pub zone: Option<String>,
     pub ttl: Option<i64>,
+    pub alias: Option<String>,
+    pub alias_services: Option<Vec<String>>,
+    pub alias_addresses: Option<Vec<String>>,
+    pub nameservers: Option<Vec<String>>,
+    pub soa: Option<RawSoa>,
+    pub allow_transfer: Option<Vec<String>>,
+}
+
+/// `[dns] soa = { ... }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSoa {
+    pub rname: Option<String>,
+    pub refresh_s: Option<i64>,
+    pub retry_s: Option<i64>,
+    pub expire_s: Option<i64>,
+    pub minimum_s: Option<i64>,
 }
 
 /// `[metrics]`

@@ -205,6 +205,32 @@ pub struct Dns {
     /// Fully qualified, lower case, with the trailing dot.
     pub zone: String,
     pub ttl: u32,
+    /// The gateway alias (the certificate's CN): fully qualified, lower case, with the trailing
+    /// dot, always inside `zone` (by default the zone's apex).
+    pub alias: String,
+    /// The services whose listen addresses (VIPs) the alias carries and whose pools decide
+    /// whether an address is answered; every service by default. Always existing names.
+    pub alias_services: Vec<String>,
+    /// Addresses answered for the alias instead of the services' listen addresses (NAT, or
+    /// services listening on a wildcard without `[vip]`); empty: derived from the services.
+    pub alias_addresses: Vec<IpAddr>,
+    /// NS names, fully qualified, lower case, with the trailing dot; the first is the SOA MNAME.
+    pub nameservers: Vec<String>,
+    pub soa: Soa,
+    /// Clients allowed to AXFR the zone (over TCP); empty: nobody.
+    pub allow_transfer: Vec<IpPrefix>,
+}
+
+/// The SOA record's fields other than the serial (which follows the zone's content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Soa {
+    /// The responsible mailbox as a domain name (`hostmaster.rdgw.example.com.`).
+    pub rname: String,
+    pub refresh: u32,
+    pub retry: u32,
+    pub expire: u32,
+    /// RFC 2308: the TTL of negative answers (capped by the SOA's own TTL).
+    pub minimum: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

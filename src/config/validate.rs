@@ -417,7 +417,9 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
     let services = services(raw.service, pool_names.as_ref(), &root.key("service"), r);
     let pools = pools(raw.pool, &services, &root.key("pool"), r);
     let balancer = balancer(raw.balancer, &root.key("balancer"), r);
-    let dns = raw.dns.map(|v| dns(v, &root.key("dns"), r));
+    let dns = raw
+        .dns
+        .map(|v| dns(v, &services, vip.as_ref(), &root.key("dns"), r));
     let metrics = metrics(raw.metrics, &root.key("metrics"), r);
     let admin = admin(raw.admin, &root.key("admin"), r);
     listener_clashes(&services, dns.as_ref(), &metrics, &root, r);
@@ -1274,10 +1276,16 @@ fn dns_zone(text: &str) -> Result<String, String> {
     Ok(format!("{bare}."))
 }
 
-fn dns(raw: RawDns, p: &FieldPath, r: &mut Report<'_>) -> Dns {
+fn dns(
+    raw: RawDns,
+    services: &[Service],
+    vip: Option<&Vip>,
+    p: &FieldPath,
+    r: &mut Report<'_>,
+) -> Dns {
     let lp = p.key("listen");
     let mut listen = Vec::new();
-    match raw.listen {
+    match &raw.listen {
         None => r.error(
             &lp,
             "missing; the addresses the DNS server answers on, e.g. [\"192.0.2.10:53\"]",
@@ -1301,7 +1309,7 @@ fn dns(raw: RawDns, p: &FieldPath, r: &mut Report<'_>) -> Dns {
     let zp = p.key("zone");
     let zone_text = r.required_str(
         &zp,
-        raw.zone,
+        raw.zone.clone(),
         "the zone Portico answers for, e.g. \"rdgw.example.com.\"",
     );
     let zone = if zone_text.is_empty() {
@@ -1314,7 +1322,237 @@ fn dns(raw: RawDns, p: &FieldPath, r: &mut Report<'_>) -> Dns {
     };
     // RFC 2181 §8: a TTL is an unsigned 31-bit number.
     let ttl = r.u32(&p.key("ttl"), raw.ttl, d::DNS_TTL, 0, 2_147_483_647);
-    Dns { listen, zone, ttl }
+    dns_records(raw, services, vip, listen, zone, ttl, p, r)
+}
+
+/// A name written in `[dns]`: with a trailing dot it is absolute; without, it is absolute when
+/// it already ends in the zone and relative to the zone otherwise (as in a zone file, but
+/// forgiving the common "rdgw.example.com" spelling).
+fn dns_name(text: &str, zone: &str) -> Result<String, String> {
+    let absolute = text.trim().ends_with('.');
+    let name = dns_zone(text)?;
+    if absolute || zone.is_empty() || name == zone || name.ends_with(&format!(".{zone}")) {
+        Ok(name)
+    } else {
+        dns_zone(&format!("{name}{zone}"))
+    }
+}
+
+fn in_zone(name: &str, zone: &str) -> bool {
+    name == zone || name.ends_with(&format!(".{zone}"))
+}
+
+/// The `[dns]` fields beyond listen/zone/ttl: the alias, its addresses, NS, SOA, transfers.
+#[allow(clippy::too_many_arguments)]
+fn dns_records(
+    raw: RawDns,
+    services: &[Service],
+    vip: Option<&Vip>,
+    listen: Vec<SocketAddr>,
+    zone: String,
+    ttl: u32,
+    p: &FieldPath,
+    r: &mut Report<'_>,
+) -> Dns {
+    let name_at = |r: &mut Report<'_>, path: &FieldPath, text: &str| -> Option<String> {
+        match dns_name(text, &zone) {
+            Ok(n) => Some(n),
+            Err(message) => {
+                r.error(path, message);
+                None
+            }
+        }
+    };
+    let ap = p.key("alias");
+    let alias = match raw.alias {
+        None => zone.clone(),
+        Some(text) => match name_at(r, &ap, &text) {
+            Some(n) if !zone.is_empty() && !in_zone(&n, &zone) => {
+                r.error(
+                    &ap,
+                    format!("\"{n}\" is outside the zone \"{zone}\"; the alias must be in it"),
+                );
+                zone.clone()
+            }
+            Some(n) => n,
+            None => zone.clone(),
+        },
+    };
+
+    let sp = p.key("alias_services");
+    let alias_services: Vec<String> = match raw.alias_services {
+        None => services.iter().map(|s| s.name.clone()).collect(),
+        Some(list) if list.is_empty() => {
+            r.error(
+                &sp,
+                "must name at least one service; leave it out for every service",
+            );
+            Vec::new()
+        }
+        Some(list) => {
+            let mut out: Vec<String> = Vec::new();
+            for (i, name) in list.iter().enumerate() {
+                if !services.iter().any(|s| &s.name == name) {
+                    let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                    r.error(
+                        &sp.index(i),
+                        format!(
+                            "no service named \"{name}\" (services: {})",
+                            known.join(", ")
+                        ),
+                    );
+                } else if out.contains(name) {
+                    r.error(&sp.index(i), format!("\"{name}\" is listed twice"));
+                } else {
+                    out.push(name.clone());
+                }
+            }
+            out
+        }
+    };
+
+    let aap = p.key("alias_addresses");
+    let mut alias_addresses: Vec<IpAddr> = Vec::new();
+    for (i, text) in raw.alias_addresses.unwrap_or_default().iter().enumerate() {
+        match text.trim().parse::<IpAddr>() {
+            Ok(a) if alias_addresses.contains(&a) => {
+                r.error(&aap.index(i), format!("{a} is listed twice"))
+            }
+            Ok(a) => alias_addresses.push(a),
+            Err(_) => r.error(
+                &aap.index(i),
+                format!("\"{text}\" is not an IPv4 or IPv6 address (no port)"),
+            ),
+        }
+    }
+    if alias_addresses.is_empty() && !alias_services.is_empty() {
+        let wildcard_only = services
+            .iter()
+            .filter(|s| alias_services.contains(&s.name))
+            .all(|s| s.listen.ip().is_unspecified());
+        if wildcard_only && vip.is_none_or(|v| v.addresses.is_empty()) {
+            r.error(
+                &ap,
+                "the alias has no address: its services listen on a wildcard and there is no [vip]; set alias_addresses",
+            );
+        }
+    }
+
+    let np = p.key("nameservers");
+    let nameservers = match raw.nameservers {
+        None if zone.is_empty() => Vec::new(),
+        None => vec![format!("{}.{zone}", d::DNS_NAMESERVER_LABEL)],
+        Some(list) if list.is_empty() => {
+            r.error(
+                &np,
+                "must name at least one name server; leave it out for ns.<zone>",
+            );
+            Vec::new()
+        }
+        Some(list) => {
+            let mut out: Vec<String> = Vec::new();
+            for (i, text) in list.iter().enumerate() {
+                if let Some(n) = name_at(r, &np.index(i), text) {
+                    if out.contains(&n) {
+                        r.error(&np.index(i), format!("\"{n}\" is listed twice"));
+                    } else {
+                        out.push(n);
+                    }
+                }
+            }
+            out
+        }
+    };
+
+    let soa_p = p.key("soa");
+    let raw_soa = raw.soa.unwrap_or_default();
+    let rp = soa_p.key("rname");
+    let rname = match raw_soa.rname {
+        None if zone.is_empty() => String::new(),
+        None => format!("{}.{zone}", d::DNS_SOA_RNAME_LABEL),
+        // RFC 1035 §8: the mailbox's '@' becomes the first dot.
+        Some(text) => match text.split_once('@') {
+            Some((local, _)) if local.contains('.') => {
+                r.error(
+                    &rp,
+                    format!("\"{text}\": a dot in the mailbox's local part cannot be written here; use another mailbox"),
+                );
+                String::new()
+            }
+            Some((local, domain)) => name_at(
+                r,
+                &rp,
+                &format!("{local}.{}.", domain.trim_end_matches('.')),
+            )
+            .unwrap_or_default(),
+            None => name_at(r, &rp, &text).unwrap_or_default(),
+        },
+    };
+    const MAX_31: u32 = 2_147_483_647;
+    let refresh = r.u32(
+        &soa_p.key("refresh_s"),
+        raw_soa.refresh_s,
+        d::DNS_SOA_REFRESH_S,
+        1,
+        MAX_31,
+    );
+    let retry = r.u32(
+        &soa_p.key("retry_s"),
+        raw_soa.retry_s,
+        d::DNS_SOA_RETRY_S,
+        1,
+        MAX_31,
+    );
+    let expire = r.u32(
+        &soa_p.key("expire_s"),
+        raw_soa.expire_s,
+        d::DNS_SOA_EXPIRE_S,
+        1,
+        MAX_31,
+    );
+    let minimum = r.u32(&soa_p.key("minimum_s"), raw_soa.minimum_s, ttl, 0, MAX_31);
+
+    let tp = p.key("allow_transfer");
+    let mut allow_transfer = Vec::new();
+    for (i, text) in raw.allow_transfer.unwrap_or_default().iter().enumerate() {
+        let parsed = if text.contains('/') {
+            ip_prefix(text.trim())
+        } else {
+            text.trim()
+                .parse::<IpAddr>()
+                .map(|addr| IpPrefix {
+                    addr,
+                    len: if addr.is_ipv4() { 32 } else { 128 },
+                })
+                .map_err(|_| {
+                    format!(
+                        "\"{text}\" is not an address or prefix (\"192.0.2.3\", \"192.0.2.0/24\")"
+                    )
+                })
+        };
+        match parsed {
+            Ok(prefix) => allow_transfer.push(prefix),
+            Err(message) => r.error(&tp.index(i), message),
+        }
+    }
+
+    Dns {
+        listen,
+        zone,
+        ttl,
+        alias,
+        alias_services,
+        alias_addresses,
+        nameservers,
+        soa: Soa {
+            rname,
+            refresh,
+            retry,
+            expire,
+            minimum,
+        },
+        allow_transfer,
+    }
 }
 
 fn metrics(raw: Option<RawMetrics>, p: &FieldPath, r: &mut Report<'_>) -> Metrics {

@@ -119,6 +119,13 @@ checks = ["tcp", "tls", "rdg-token"]
 tls = {{ server_name = "{alias}", ca_file = "{ca}" }}
 rdg_token = {{ signing_cert = "{signer_cert}", signing_key = "{signer_key}", host = "{hyperv_host}" }}
 
+[dns]
+listen = ["{dns}"]
+zone = "lab.test."
+alias = "{dns_alias}."
+ttl = 5
+allow_transfer = ["127.0.0.1"]
+
 [metrics]
 listen = "{metrics}"
 
@@ -128,6 +135,8 @@ socket = "{admin}"
         tls = ports.tls,
         udp = ports.udp,
         metrics = ports.metrics,
+        dns = ports.dns,
+        dns_alias = ALIAS,
         admin = admin_socket.display(),
         alias = ALIAS,
         ca = lab_dir.join("ca.pem").display(),
@@ -269,6 +278,9 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     if let Some(m) = running.metrics_addr {
         println!("  metrics   http://{m}/metrics");
     }
+    for d in &running.dns_addrs {
+        println!("  dns       {d} (zone lab.test.: {ALIAS}, web01..web03.lab.test)");
+    }
     println!("  rdp file  {}", path("console.rdp").display());
     println!();
     println!("Try:");
@@ -278,6 +290,10 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
         path("signer.key").display()
     );
     println!("  curl --cacert {} --resolve {ALIAS}:{port}:127.0.0.1 -X RDG_OUT_DATA https://{ALIAS}:{port}/remoteDesktopGateway/ -o /dev/null -w '%{{http_code}}\\n'", path("ca.pem").display());
+    println!(
+        "  dig @127.0.0.1 -p {} {ALIAS} A   (the VIPs whose gateways can serve)",
+        ports.dns.port()
+    );
     println!(
         "  echo hello | nc -u -w1 127.0.0.1 {}   (answers with the gateway's name)",
         ports.udp.port()
