@@ -1094,6 +1094,23 @@ fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
             format!("{interval} ms is not longer than timeout_ms (default {timeout} ms): a slow probe delays the next one"),
         );
     }
+    // Each check tier's own interval, `interval_ms` unless given (and then checked the same way).
+    let mut tier = |key: &str, value: Option<i64>| -> u64 {
+        let path = p.key(key);
+        let v = r.u64(&path, value, interval, 1, 3_600_000);
+        if value.is_some() && timeout >= v {
+            r.warn(
+                &path,
+                format!("{v} ms is not longer than timeout_ms ({timeout} ms): a slow probe delays the next one"),
+            );
+        }
+        v
+    };
+    let intervals = CheckIntervals {
+        tcp: ms(tier("tcp_interval_ms", raw.tcp_interval_ms)),
+        tls: ms(tier("tls_interval_ms", raw.tls_interval_ms)),
+        rdg_token: ms(tier("rdg_token_interval_ms", raw.rdg_token_interval_ms)),
+    };
     let rise = r.nonzero(&p.key("rise"), raw.rise, d::HEALTH_RISE, 1000);
     let fall = r.nonzero(&p.key("fall"), raw.fall, d::HEALTH_FALL, 1000);
 
@@ -1212,8 +1229,23 @@ fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
         }
     });
 
+    for (check, key, set) in [
+        (CheckKind::Tcp, "tcp_interval_ms", raw.tcp_interval_ms.is_some()),
+        (CheckKind::Tls, "tls_interval_ms", raw.tls_interval_ms.is_some()),
+        (
+            CheckKind::RdgToken,
+            "rdg_token_interval_ms",
+            raw.rdg_token_interval_ms.is_some(),
+        ),
+    ] {
+        if set && !checks.contains(&check) {
+            r.warn(&p.key(key), "ignored: its check is not in checks");
+        }
+    }
+
     Health {
         interval: ms(interval),
+        intervals,
         timeout: ms(timeout),
         rise,
         fall,

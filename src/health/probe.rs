@@ -65,6 +65,10 @@ pub struct CertFacts {
     pub sans: Vec<String>,
     /// Unix seconds.
     pub not_after: i64,
+    pub issuer: String,
+    /// SHA-1 thumbprint of the issuing certificate (as Windows' certificate store shows it),
+    /// when the issuer is in the presented chain or among the configured roots.
+    pub issuer_thumbprint: Option<String>,
 }
 
 /// One check's outcome.
@@ -128,13 +132,27 @@ struct TlsProbe {
     server_name: String,
     client: Arc<rustls::ClientConfig>,
     min_days_left: u32,
+    /// The trusted roots (DER), to name the issuer of a leaf presented without its chain.
+    roots: Vec<CertificateDer<'static>>,
 }
 
 struct RdgProbe {
     identity: Arc<SigningIdentity>,
     host: String,
     port: u16,
+    /// The last minted token and when (unix seconds), shared by every backend of the pool.
+    token: std::sync::Mutex<Option<(u64, Arc<str>)>>,
 }
+
+/// How long one minted probe token is reused across a pool's backends.
+///
+/// Signing is an RSA private-key operation (about a millisecond here); one per probe is most
+/// of a hundred-backend pool's probing cost. A token names only the canary host, not the
+/// gateway, and the FedAuth plug-in keeps no replay list (a VMM token is reusable for its
+/// whole TTL anyway), so one token serves every backend probed within this window. It is
+/// minted at most this long before use, far inside its [`crate::token::DEFAULT_TTL_SECS`]
+/// lifetime, so a gateway clock skew the token would survive at mint time it still survives.
+pub const TOKEN_REUSE_SECS: u64 = 2;
 
 /// The checks of one pool, ready to run against any of its backends.
 pub struct Prober {
@@ -154,26 +172,39 @@ pub fn now_unix() -> i64 {
 
 /// A rustls client config trusting the certificates of `ca_file`.
 pub fn client_config_from_ca(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, SetupError> {
+    Ok(client_config_and_roots(ca_file)?.0)
+}
+
+/// [`client_config_from_ca`] and the root certificates it trusts.
+///
+/// Session resumption is off: a resumed session presents no certificate, and the `tls`
+/// check is there to look at the certificate every time (a renewal can change it).
+fn client_config_and_roots(
+    ca_file: &Path,
+) -> Result<(Arc<rustls::ClientConfig>, Vec<CertificateDer<'static>>), SetupError> {
     let err = |reason: String| SetupError::CaFile {
         path: ca_file.to_path_buf(),
         reason,
     };
     let mut roots = rustls::RootCertStore::empty();
+    let mut ders = Vec::new();
     let iter = CertificateDer::pem_file_iter(ca_file).map_err(|e| err(e.to_string()))?;
     for c in iter {
         let c = c.map_err(|e| err(e.to_string()))?;
-        roots.add(c).map_err(|e| err(e.to_string()))?;
+        roots.add(c.clone()).map_err(|e| err(e.to_string()))?;
+        ders.push(c);
     }
     if roots.is_empty() {
         return Err(err("no certificate in the file".into()));
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Ok(Arc::new(cfg))
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok((Arc::new(cfg), ders))
 }
 
 impl Prober {
@@ -185,10 +216,12 @@ impl Prober {
                     .ca_file
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+                let (client, roots) = client_config_and_roots(&ca)?;
                 Some(TlsProbe {
                     server_name: t.server_name.clone(),
-                    client: client_config_from_ca(&ca)?,
+                    client,
                     min_days_left: t.min_days_left,
+                    roots,
                 })
             }
             None => None,
@@ -198,6 +231,7 @@ impl Prober {
                 identity: Arc::new(SigningIdentity::load(&r.signing_cert, &r.signing_key)?),
                 host: r.host.clone(),
                 port: r.port,
+                token: std::sync::Mutex::new(None),
             }),
             _ => None,
         };
@@ -230,6 +264,7 @@ impl Prober {
             server_name: server_name.to_owned(),
             client,
             min_days_left,
+            roots: Vec::new(),
         });
         self
     }
@@ -245,6 +280,7 @@ impl Prober {
             identity,
             host: host.to_owned(),
             port,
+            token: std::sync::Mutex::new(None),
         });
         self
     }
@@ -271,26 +307,69 @@ impl Prober {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut report = ProbeReport::new();
         for &check in &self.checks {
-            let t0 = Instant::now();
-            let (verdict, stage) = match check {
-                CheckKind::Tcp => self.tcp(addr, deadline, &mut report).await,
-                CheckKind::Tls => self.tls(addr, node, deadline, &mut report).await,
-                CheckKind::RdgToken => self.rdg_token(addr, deadline, &mut report).await,
-            };
-            report.checks.push(CheckReport {
-                check,
-                verdict,
-                stage,
-                elapsed: t0.elapsed(),
-            });
-            report.verdict = verdict;
-            report.stage = stage;
-            report.check = Some(check);
-            if !verdict.is_healthy() {
+            self.run_check(check, addr, node, deadline, &mut report)
+                .await;
+            if !report.verdict.is_healthy() {
                 break;
             }
         }
         report
+    }
+
+    /// Runs one check (one tier of the scheduler) against `addr` within its own deadline.
+    pub async fn probe_check(
+        &self,
+        check: CheckKind,
+        addr: SocketAddr,
+        node: Option<&str>,
+    ) -> ProbeReport {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut report = ProbeReport::new();
+        self.run_check(check, addr, node, deadline, &mut report)
+            .await;
+        report
+    }
+
+    async fn run_check(
+        &self,
+        check: CheckKind,
+        addr: SocketAddr,
+        node: Option<&str>,
+        deadline: tokio::time::Instant,
+        report: &mut ProbeReport,
+    ) {
+        let t0 = Instant::now();
+        let (verdict, stage) = match check {
+            CheckKind::Tcp => self.tcp(addr, deadline, report).await,
+            CheckKind::Tls => self.tls(addr, node, deadline, report).await,
+            CheckKind::RdgToken => self.rdg_token(addr, deadline, report).await,
+        };
+        report.checks.push(CheckReport {
+            check,
+            verdict,
+            stage,
+            elapsed: t0.elapsed(),
+        });
+        report.verdict = verdict;
+        report.stage = stage;
+        report.check = Some(check);
+    }
+
+    /// A probe token minted at most [`TOKEN_REUSE_SECS`] ago (minting one when needed).
+    fn token(r: &RdgProbe, now: u64) -> Result<Arc<str>, crate::token::TokenError> {
+        let mut cached = r.token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, t)) = cached.as_ref() {
+            if now >= *at && now - *at <= TOKEN_REUSE_SECS {
+                return Ok(t.clone());
+            }
+        }
+        let req = MintRequest {
+            port: r.port,
+            ..MintRequest::new(&r.host)
+        };
+        let t: Arc<str> = Arc::from(mint(&r.identity, &req, now)?);
+        *cached = Some((now, t.clone()));
+        Ok(t)
     }
 
     async fn tcp(
@@ -351,7 +430,9 @@ impl Prober {
             report.detail = Some("no peer certificate".into());
             return (Verdict::TlsError, Stage::Tls);
         };
-        let facts = match cert_facts(der) {
+        let chain = conn.peer_certificates().unwrap_or_default();
+        let facts = match cert_facts_with_issuer(der, chain.get(1..).unwrap_or_default(), &t.roots)
+        {
             Ok(f) => f,
             Err(e) => {
                 report.detail = Some(e);
@@ -387,13 +468,9 @@ impl Prober {
             report.detail = Some("rdg-token check without tls/rdg_token settings".into());
             return (Verdict::ProtocolError, Stage::Http);
         };
-        // A fresh token per probe: the gateway checks ExpiresOn against its own clock.
+        // A fresh token (see TOKEN_REUSE_SECS): the gateway checks ExpiresOn against its clock.
         let now = now_unix().max(0) as u64;
-        let req = MintRequest {
-            port: r.port,
-            ..MintRequest::new(&r.host)
-        };
-        let token = match mint(&r.identity, &req, now) {
+        let token = match Self::token(r, now) {
             Ok(t) => t,
             Err(e) => {
                 // The signing side is wrong: every gateway would refuse it, so it is reported
@@ -511,10 +588,29 @@ pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
-/// Subject, DNS SANs and not-after of a DER certificate.
+/// Subject, DNS SANs, not-after and issuer of a DER certificate.
 pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
+    cert_facts_with_issuer(der, &[], &[])
+}
+
+/// [`cert_facts`], with the issuer's thumbprint looked up in the presented `chain` (after
+/// the leaf) and then among `roots`, by subject.
+pub fn cert_facts_with_issuer(
+    der: &[u8],
+    chain: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+) -> Result<CertFacts, String> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
+    let issuer_raw = cert.issuer().as_raw();
+    let issuer_thumbprint = chain
+        .iter()
+        .chain(roots)
+        .find(|c| {
+            x509_parser::parse_x509_certificate(c)
+                .is_ok_and(|(_, ca)| ca.subject().as_raw() == issuer_raw)
+        })
+        .map(|c| crate::token::Thumbprint::of_der(c).to_string());
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
         for n in &ext.value.general_names {
@@ -527,6 +623,8 @@ pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
         subject: cert.subject().to_string(),
         sans,
         not_after: cert.validity().not_after.timestamp(),
+        issuer: cert.issuer().to_string(),
+        issuer_thumbprint,
     })
 }
 
@@ -569,6 +667,8 @@ mod tests {
             subject: "CN=rdgw".into(),
             sans: sans.iter().map(|s| s.to_string()).collect(),
             not_after,
+            issuer: "CN=ca".into(),
+            issuer_thumbprint: None,
         }
     }
 
