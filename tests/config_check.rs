@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use portico::config::{
-    self, defaults, CheckIntervals, CheckKind, Diagnostic, Protocol, VipMode,
-};
+use portico::config::{self, defaults, CheckIntervals, CheckKind, Diagnostic, Protocol, VipMode};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)

@@ -1230,8 +1230,16 @@ fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
     });
 
     for (check, key, set) in [
-        (CheckKind::Tcp, "tcp_interval_ms", raw.tcp_interval_ms.is_some()),
-        (CheckKind::Tls, "tls_interval_ms", raw.tls_interval_ms.is_some()),
+        (
+            CheckKind::Tcp,
+            "tcp_interval_ms",
+            raw.tcp_interval_ms.is_some(),
+        ),
+        (
+            CheckKind::Tls,
+            "tls_interval_ms",
+            raw.tls_interval_ms.is_some(),
+        ),
         (
             CheckKind::RdgToken,
             "rdg_token_interval_ms",

@@ -103,13 +103,7 @@ pub fn spawn(
         let Some(view) = snap.pools.iter().find(|p| &*p.name == pool.name.as_str()) else {
             continue;
         };
-        // The port a probe connects to: the backend's own, else the first service's of this pool.
-        let service_port = config
-            .services
-            .iter()
-            .find(|s| s.pool == pool.name && s.protocol == crate::config::Protocol::Tcp)
-            .map(|s| s.backend_port)
-            .unwrap_or(443);
+        let service_port = probe_port(&config, &pool.name);
         let shared = Arc::new(Mutex::new(PoolShared {
             backends: pool.backends.len(),
             ..PoolShared::default()
@@ -152,6 +146,17 @@ pub fn spawn(
     Ok(())
 }
 
+/// The port a probe of `pool` connects to on a backend without its own: the first TCP
+/// service's `backend_port` (443 when no TCP service uses the pool).
+pub fn probe_port(config: &crate::config::Config, pool: &str) -> u16 {
+    config
+        .services
+        .iter()
+        .find(|s| s.pool == pool && s.protocol == crate::config::Protocol::Tcp)
+        .map(|s| s.backend_port)
+        .unwrap_or(443)
+}
+
 /// `d` ± 10%, from `seed` (xorshift state, advanced).
 pub fn jittered(d: Duration, seed: &mut u64) -> Duration {
     d.mul_f64(jitter_factor(seed))
@@ -179,7 +184,7 @@ impl Backend {
         let mut seed = seed();
         // Each tier's first probe within the first tenth of its interval, spread over backends
         // (one factor for all tiers, so tiers with equal intervals start in step).
-        let f = jitter_factor(&mut seed) - 0.9;
+        let f = (jitter_factor(&mut seed) - 0.9) / 2.0;
         let start = Instant::now();
         for t in &mut self.tiers {
             t.next = start + t.interval.mul_f64(f);
@@ -264,9 +269,7 @@ impl Backend {
     /// with it (they must prove themselves again); one passing again after failing has the
     /// dearer ones probed at once.
     fn record(&mut self, i: usize, success: bool) -> Option<HealthState> {
-        let Some(t) = self.tiers.get_mut(i) else {
-            return None;
-        };
+        let t = self.tiers.get_mut(i)?;
         let was_failing = t.failing;
         t.failing = !success;
         let changed = t.hysteresis.record(success);
