@@ -778,3 +778,95 @@ async fn flapping_changes_state_only_as_rise_and_fall_allow() {
     }
     assert_eq!(state_changes(&m, "web02"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tiers_run_on_their_own_intervals_and_a_failing_cheap_tier_stops_the_dearer() {
+    let dir = Scratch::new("tiers");
+    let (a, b) = (sim("web01", None).await, sim("web02", None).await);
+    let (rise, fall) = (2u32, 2u32);
+    let mut h = health(
+        &dir,
+        Duration::from_millis(100),
+        Duration::from_millis(400),
+        rise,
+        fall,
+    );
+    h.intervals = CheckIntervals {
+        tcp: Duration::from_millis(100),
+        tls: Duration::from_millis(300),
+        rdg_token: Duration::from_millis(600),
+    };
+    let addr = a.addr();
+    let running = balancer(&[&a, &b], h).await;
+    let m = running.controller.metrics().clone();
+    let count = |check: &str| -> u64 {
+        [
+            "healthy",
+            "connect-failed",
+            "tls-error",
+            "timeout",
+            "token-rejected",
+        ]
+        .iter()
+        .map(|r| results(&m, "web01", check, r))
+        .sum()
+    };
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let (tcp, tls, rdg) = (count("tcp"), count("tls"), count("rdg-token"));
+    // 1.8 s: about 18, 6 and 3 probes (±10% jitter, plus the probes' own time).
+    assert!((12..=19).contains(&tcp), "tcp {tcp}");
+    assert!((4..=7).contains(&tls), "tls {tls}");
+    assert!((2..=4).contains(&rdg), "rdg-token {rdg}");
+    assert!(
+        tcp >= 2 * tls && tls >= rdg + 1,
+        "tcp {tcp}, tls {tls}, rdg {rdg}"
+    );
+
+    // The port refuses: tcp fails and goes down; tls and rdg-token are not probed meanwhile.
+    a.kill();
+    a.stopped().await;
+    until(Duration::from_secs(3), || up(&m, "web01") == 0)
+        .await
+        .expect("web01 down");
+    let (tls0, rdg0) = (count("tls"), count("rdg-token"));
+    let failed0 = results(&m, "web01", "tcp", "connect-failed");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(results(&m, "web01", "tcp", "connect-failed") >= failed0 + 8);
+    assert_eq!(
+        (count("tls"), count("rdg-token")),
+        (tls0, rdg0),
+        "dearer checks ran while tcp was failing"
+    );
+
+    // Back on the same port: the backend returns only once every tier, token check
+    // included, has passed `rise` times since (the dearer ones were taken down with tcp).
+    let rdg_ok0 = results(&m, "web01", "rdg-token", "healthy");
+    let tls_ok0 = results(&m, "web01", "tls", "healthy");
+    let p = pki();
+    let mut cfg = SimConfig::new(
+        "web01",
+        p.server_config().expect("tls"),
+        Verifier::new([signer().0.trusted_cert()]),
+    );
+    cfg.alt_tls_expired = None;
+    let a2 = SimGateway::spawn(addr, cfg)
+        .await
+        .expect("respawn on the same port");
+    let t0 = Instant::now();
+    until(Duration::from_secs(5), || up(&m, "web01") == 1)
+        .await
+        .expect("web01 returns");
+    let took = t0.elapsed();
+    assert!(
+        results(&m, "web01", "rdg-token", "healthy") - rdg_ok0 >= u64::from(rise),
+        "returned before rise token probes passed"
+    );
+    assert!(results(&m, "web01", "tls", "healthy") - tls_ok0 >= u64::from(rise));
+    // A dearer tier is probed at once when the cheap one passes again, then on its interval.
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    running.shutdown(Duration::from_secs(1)).await;
+    drop(a2);
+}
