@@ -159,6 +159,14 @@ const BROKEN: &[Case] = &[
         &[(12, "pool.gw.table_size", "65536 is not prime")],
     ),
     (
+        "broken-channel-target.toml",
+        &[(
+            16,
+            "pool.gw.health.rdg_token.channel_target",
+            "\"canary:0\": port \"0\" is not 1..=65535",
+        )],
+    ),
+    (
         "broken-health-intervals.toml",
         &[
             (

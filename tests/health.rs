@@ -143,6 +143,7 @@ fn health(dir: &Scratch, interval: Duration, timeout: Duration, rise: u32, fall:
             signing_key: dir.path("signer.key"),
             host: "canary.health.test".into(),
             port: 2179,
+            channel_target: None,
         }),
     }
 }
@@ -284,6 +285,16 @@ fn run_probe(args: &[&str]) -> (i32, String, String) {
 }
 
 fn probe_config(dir: &Scratch, backends: &[(&str, SocketAddr)], timeout_ms: u64) -> PathBuf {
+    probe_config_with(dir, backends, timeout_ms, "")
+}
+
+/// `extra` goes into the rdg_token table.
+fn probe_config_with(
+    dir: &Scratch,
+    backends: &[(&str, SocketAddr)],
+    timeout_ms: u64,
+    extra: &str,
+) -> PathBuf {
     let mut list = String::new();
     for (n, a) in backends {
         list.push_str(&format!("  {{ name = \"{n}\", address = \"{a}\" }},\n"));
@@ -306,7 +317,7 @@ interval_ms = 2000
 timeout_ms = {timeout_ms}
 checks = ["tcp", "tls", "rdg-token"]
 tls = {{ server_name = "{ALIAS}", ca_file = "{ca}" }}
-rdg_token = {{ signing_cert = "{cert}", signing_key = "{key}", host = "canary.health.test" }}
+rdg_token = {{ signing_cert = "{cert}", signing_key = "{key}", host = "canary.health.test"{extra} }}
 
 [metrics]
 listen = "off"
@@ -869,4 +880,42 @@ async fn check_tiers_run_on_their_own_intervals_and_a_failing_cheap_tier_stops_t
     );
     running.shutdown(Duration::from_secs(1)).await;
     drop(a2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_with_a_channel_target_opens_and_closes_a_channel() {
+    let dir = Scratch::new("channel");
+    let hv = echo_target().await;
+    // A port nothing listens on: the gateway cannot reach the canary behind it.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let (ok, unreachable) = (
+        sim("web01", Some(hv)).await,
+        sim("web02", Some(closed)).await,
+    );
+    let cfg = probe_config_with(
+        &dir,
+        &[("web01", ok.addr()), ("web02", unreachable.addr())],
+        2000,
+        ", channel_target = \"canary.health.test:2179\"",
+    );
+    let c = cfg.to_str().expect("path").to_owned();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_probe(&["--config", &c, "--json"]))
+            .await
+            .expect("join");
+    assert_eq!(code, 1, "{out}\n{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let list = field(&doc, "backends").as_array().expect("backends");
+    assert_eq!(field(&list[0], "verdict"), "healthy", "{:#}", list[0]);
+    assert_eq!(field(&list[0], "stage"), "channel-create");
+    assert_eq!(field(&list[1], "verdict"), "gateway-error", "{:#}", list[1]);
+    assert_eq!(field(&list[1], "stage"), "channel-create");
+    // The gateway saw the channel open to the token's host and closed by the client.
+    let rec = ok.records().into_iter().last().expect("record");
+    assert_eq!(rec.target.as_deref(), Some("canary.health.test:2179"));
+    assert_eq!(rec.channel_status, Some(0));
+    assert_eq!(rec.close_reason.to_string(), "client-close-channel");
 }

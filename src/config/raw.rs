@@ -138,6 +138,7 @@ pub struct RawRdgToken {
     pub signing_key: Option<String>,
     pub host: Option<String>,
     pub port: Option<i64>,
+    pub channel_target: Option<String>,
 }
 
 /// `[balancer]`

@@ -222,6 +222,9 @@ pub struct RdgTokenCheck {
     /// Host named in the probe token (the canary host identity).
     pub host: String,
     pub port: u16,
+    /// When set, the probe goes on to CHANNEL_CREATE for this `(host, port)` (the token then
+    /// names it) and closes the channel cleanly.
+    pub channel_target: Option<(String, u16)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -16,12 +16,18 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::date::parse_http_date;
-use super::verdict::{classify_error, classify_io, classify_tunnel, Stage, Verdict};
+use super::verdict::{
+    classify_channel, classify_error, classify_io, classify_tunnel, Stage, Verdict,
+};
 use crate::config::{CheckKind, Health};
-use crate::rdg::packet::{caps, extended_auth, HandshakeRequest, Packet, TunnelAuth, TunnelCreate};
+use crate::rdg::hresult;
+use crate::rdg::packet::{
+    caps, extended_auth, CloseChannel, HandshakeRequest, Packet, TunnelAuth, TunnelCreate,
+};
 use crate::sim::client::{ClientConfig, ClientError, RdgClient, TunnelStatus};
 use crate::sim::Transport;
 use crate::token::{mint, MintRequest, SigningIdentity};
@@ -128,6 +134,13 @@ impl ProbeReport {
     }
 }
 
+/// What a passing check hands on to the next one of the same probe.
+enum Carry {
+    None,
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 struct TlsProbe {
     server_name: String,
     client: Arc<rustls::ClientConfig>,
@@ -142,6 +155,8 @@ struct RdgProbe {
     port: u16,
     /// The last minted token and when (unix seconds), shared by every backend of the pool.
     token: std::sync::Mutex<Option<(u64, Arc<str>)>>,
+    /// Go on to CHANNEL_CREATE for this host and port (the token names it) and close.
+    channel: Option<(String, u16)>,
 }
 
 /// How long one minted probe token is reused across a pool's backends.
@@ -197,12 +212,22 @@ fn client_config_and_roots(
     if roots.is_empty() {
         return Err(err("no certificate in the file".into()));
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    // AES-128-GCM/SHA-256 first: a probe carries nothing secret, and SHA-384's key schedule
+    // costs more per handshake (no SHA-512 instructions here). A server with its own order
+    // still picks by it.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| {
+        !matches!(
+            s.suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok((Arc::new(cfg), ders))
 }
@@ -232,6 +257,7 @@ impl Prober {
                 host: r.host.clone(),
                 port: r.port,
                 token: std::sync::Mutex::new(None),
+                channel: r.channel_target.clone(),
             }),
             _ => None,
         };
@@ -281,6 +307,7 @@ impl Prober {
             host: host.to_owned(),
             port,
             token: std::sync::Mutex::new(None),
+            channel: None,
         });
         self
     }
@@ -306,8 +333,9 @@ impl Prober {
     pub async fn probe(&self, addr: SocketAddr, node: Option<&str>) -> ProbeReport {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut report = ProbeReport::new();
+        let mut carry = Carry::None;
         for &check in &self.checks {
-            self.run_check(check, addr, node, deadline, &mut report)
+            self.run_check(check, addr, node, deadline, &mut report, &mut carry)
                 .await;
             if !report.verdict.is_healthy() {
                 break;
@@ -323,11 +351,34 @@ impl Prober {
         addr: SocketAddr,
         node: Option<&str>,
     ) -> ProbeReport {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut report = ProbeReport::new();
-        self.run_check(check, addr, node, deadline, &mut report)
-            .await;
-        report
+        let mut reports = self.probe_tiers(&[check], addr, node).await;
+        reports.pop().unwrap_or_else(ProbeReport::new)
+    }
+
+    /// Runs `checks` (tiers due together, cheapest first) in order, each within its own
+    /// deadline and with its own report, stopping after the first that fails. A passing check
+    /// hands its connection on to the next (the TCP connection to `tls`, the TLS session to
+    /// `rdg-token`), as a real client would: a full probe costs one connect and one handshake.
+    pub async fn probe_tiers(
+        &self,
+        checks: &[CheckKind],
+        addr: SocketAddr,
+        node: Option<&str>,
+    ) -> Vec<ProbeReport> {
+        let mut out = Vec::with_capacity(checks.len());
+        let mut carry = Carry::None;
+        for &check in checks {
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            let mut report = ProbeReport::new();
+            self.run_check(check, addr, node, deadline, &mut report, &mut carry)
+                .await;
+            let healthy = report.verdict.is_healthy();
+            out.push(report);
+            if !healthy {
+                break;
+            }
+        }
+        out
     }
 
     async fn run_check(
@@ -337,12 +388,14 @@ impl Prober {
         node: Option<&str>,
         deadline: tokio::time::Instant,
         report: &mut ProbeReport,
+        carry: &mut Carry,
     ) {
         let t0 = Instant::now();
+        let taken = std::mem::replace(carry, Carry::None);
         let (verdict, stage) = match check {
-            CheckKind::Tcp => self.tcp(addr, deadline, report).await,
-            CheckKind::Tls => self.tls(addr, node, deadline, report).await,
-            CheckKind::RdgToken => self.rdg_token(addr, deadline, report).await,
+            CheckKind::Tcp => self.tcp(addr, deadline, report, carry).await,
+            CheckKind::Tls => self.tls(addr, node, deadline, report, taken, carry).await,
+            CheckKind::RdgToken => self.rdg_token(addr, deadline, report, taken).await,
         };
         report.checks.push(CheckReport {
             check,
@@ -363,9 +416,15 @@ impl Prober {
                 return Ok(t.clone());
             }
         }
+        // With a channel target the token names it: the gateway checks at CHANNEL_CREATE
+        // that the resource asked for is the token's (PROTOCOLS.md §5.3 step 8).
+        let (host, port) = match &r.channel {
+            Some((h, p)) => (h.as_str(), *p),
+            None => (r.host.as_str(), r.port),
+        };
         let req = MintRequest {
-            port: r.port,
-            ..MintRequest::new(&r.host)
+            port,
+            ..MintRequest::new(host)
         };
         let t: Arc<str> = Arc::from(mint(&r.identity, &req, now)?);
         *cached = Some((now, t.clone()));
@@ -377,9 +436,13 @@ impl Prober {
         addr: SocketAddr,
         deadline: tokio::time::Instant,
         report: &mut ProbeReport,
+        carry: &mut Carry,
     ) -> (Verdict, Stage) {
         match timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(_)) => (Verdict::Healthy, Stage::Tcp),
+            Ok(Ok(s)) => {
+                *carry = Carry::Tcp(s);
+                (Verdict::Healthy, Stage::Tcp)
+            }
             Ok(Err(e)) => {
                 report.inconclusive |= is_local_exhaustion(&e);
                 report.detail = Some(e.to_string());
@@ -395,11 +458,17 @@ impl Prober {
         node: Option<&str>,
         deadline: tokio::time::Instant,
         report: &mut ProbeReport,
+        taken: Carry,
+        carry: &mut Carry,
     ) -> (Verdict, Stage) {
         let Some(t) = &self.tls else {
             return (Verdict::TlsError, Stage::Tls);
         };
-        let tcp = match timeout_at(deadline, TcpStream::connect(addr)).await {
+        let connected = match taken {
+            Carry::Tcp(s) => Ok(Ok(s)),
+            _ => timeout_at(deadline, TcpStream::connect(addr)).await,
+        };
+        let tcp = match connected {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 report.inconclusive |= is_local_exhaustion(&e);
@@ -455,6 +524,7 @@ impl Prober {
             report.detail = Some(format!("certificate SANs do not name {}", t.server_name));
             return (Verdict::TlsError, Stage::Tls);
         }
+        *carry = Carry::Tls(Box::new(tls));
         (Verdict::Healthy, Stage::Tls)
     }
 
@@ -463,6 +533,7 @@ impl Prober {
         addr: SocketAddr,
         deadline: tokio::time::Instant,
         report: &mut ProbeReport,
+        taken: Carry,
     ) -> (Verdict, Stage) {
         let (Some(t), Some(r)) = (&self.tls, &self.rdg) else {
             report.detail = Some("rdg-token check without tls/rdg_token settings".into());
@@ -488,7 +559,16 @@ impl Prober {
             timeout: remaining,
         };
         let mut stage = Stage::Http;
-        let res = timeout_at(deadline, run_tunnel(&cfg, &token, &mut stage, report)).await;
+        let session = match taken {
+            Carry::Tls(s) => Some(*s),
+            _ => None,
+        };
+        let channel = r.channel.as_ref().map(|(h, p)| (h.as_str(), *p));
+        let res = timeout_at(
+            deadline,
+            run_tunnel(&cfg, session, &token, channel, &mut stage, report),
+        )
+        .await;
         match res {
             Err(_) => (Verdict::Timeout, stage),
             Ok(Err(e)) => {
@@ -506,23 +586,37 @@ impl Prober {
                 report.detail = Some(e.to_string());
                 (classify_error(stage, &e), stage)
             }
-            Ok(Ok(status)) => {
+            Ok(Ok((status, channel))) => {
                 let (v, s, code) = classify_tunnel(&status);
                 report.hresult = code;
-                (v, s)
+                match channel {
+                    Some(c) if v.is_healthy() && c != 0 => {
+                        report.hresult = Some(c);
+                        (classify_channel(c), Stage::ChannelCreate)
+                    }
+                    Some(_) if v.is_healthy() => (v, Stage::ChannelCreate),
+                    _ => (v, s),
+                }
             }
         }
     }
 }
 
 /// Connect, HANDSHAKE, TUNNEL_CREATE, TUNNEL_AUTH, keeping `stage` current for the verdict.
+/// With `channel`, then CHANNEL_CREATE for it and, once open, CLOSE_CHANNEL answered by
+/// CLOSE_CHANNEL_RESPONSE; its CHANNEL_RESPONSE code comes back beside the tunnel statuses.
 async fn run_tunnel(
     cfg: &ClientConfig,
+    session: Option<TlsStream<TcpStream>>,
     token: &str,
+    channel: Option<(&str, u16)>,
     stage: &mut Stage,
     report: &mut ProbeReport,
-) -> Result<TunnelStatus, ClientError> {
-    let (mut client, connected) = RdgClient::connect(cfg).await?;
+) -> Result<(TunnelStatus, Option<u32>), ClientError> {
+    let (mut client, connected) = match session {
+        Some(s) => RdgClient::connect_over(cfg, s).await?,
+        None => RdgClient::connect(cfg).await?,
+    };
     report.http_status = Some(connected.status);
     report.transport = Some(connected.transport);
     if let Some(gw) = connected.date.as_deref().and_then(parse_http_date) {
@@ -547,7 +641,7 @@ async fn run_tunnel(
         tunnel_auth: None,
     };
     if handshake != 0 {
-        return Ok(status);
+        return Ok((status, None));
     }
     *stage = Stage::TunnelCreate;
     client
@@ -562,7 +656,7 @@ async fn run_tunnel(
     };
     status.tunnel = Some(tunnel);
     if tunnel != 0 {
-        return Ok(status);
+        return Ok((status, None));
     }
     *stage = Stage::TunnelAuth;
     client
@@ -572,8 +666,31 @@ async fn run_tunnel(
         Packet::TunnelAuthResponse(r) => Some(r.error_code),
         other => return Err(unexpected("TUNNEL_AUTH_RESPONSE", &other)),
     };
-    // Stop here (PROTOCOLS.md §4.3): no channel exists, dropping the client closes TLS.
-    Ok(status)
+    let Some((host, port)) = channel.filter(|_| {
+        matches!(
+            status.tunnel_auth,
+            Some(hresult::S_OK) | Some(hresult::E_PROXY_QUARANTINE_ACCESSDENIED)
+        )
+    }) else {
+        // Stop here (PROTOCOLS.md §4.3): no channel exists, dropping the client closes TLS.
+        return Ok((status, None));
+    };
+    *stage = Stage::ChannelCreate;
+    let code = client.create_channel(host, port).await?;
+    if code == 0 {
+        client
+            .send(&Packet::CloseChannel(CloseChannel { status: 0 }))
+            .await?;
+        loop {
+            // DATA the target sent first may come before the answer.
+            match client.recv().await? {
+                Packet::CloseChannelResponse(_) => break,
+                Packet::Data(_) | Packet::Keepalive => {}
+                other => return Err(unexpected("CLOSE_CHANNEL_RESPONSE", &other)),
+            }
+        }
+    }
+    Ok((status, Some(code)))
 }
 
 fn unexpected(want: &str, got: &Packet) -> ClientError {

@@ -204,39 +204,62 @@ impl Backend {
         }
     }
 
-    /// Probes every due tier in check order; false when stopped meanwhile.
+    /// Probes the due tiers in check order; false when stopped meanwhile.
+    ///
+    /// The run list: every due tier, plus the not-yet-due tiers after a due one that was
+    /// failing (if it passes now they are probed at once, on the same connection), minus
+    /// everything after a not-due tier whose last result failed. The probe stops at the
+    /// first failing tier; the due ones it did not reach count as skipped.
     async fn wake(&mut self, stop: &CancellationToken, seed: &mut u64) -> bool {
         let now = Instant::now();
-        let mut ran = Vec::new();
-        for i in 0..self.tiers.len() {
-            if self.tiers[i].next > now {
-                continue;
+        let mut run = Vec::new();
+        let mut skipped = Vec::new();
+        let mut recovering = false;
+        let mut blocked = false;
+        for (i, t) in self.tiers.iter().enumerate() {
+            let due = t.next <= now;
+            if blocked {
+                if due {
+                    skipped.push(i);
+                }
+            } else if due || recovering {
+                recovering |= t.failing;
+                run.push(i);
+            } else if t.failing {
+                blocked = true;
             }
-            ran.push(i);
-            if self.tiers[..i].iter().any(|t| t.failing) {
-                debug!(
-                    check = check_label(self.tiers[i].check),
-                    "health.probe skipped: a cheaper check is failing"
-                );
-                continue;
+        }
+        if !skipped.is_empty() {
+            debug!(
+                skipped = skipped.len(),
+                "health.probe skipped: a cheaper check is failing"
+            );
+        }
+        let checks: Vec<CheckKind> = run.iter().map(|&i| self.tiers[i].check).collect();
+        let reports = tokio::select! {
+            _ = stop.cancelled() => return false,
+            r = self.prober.probe_tiers(&checks, self.addr, Some(&self.name)) => r,
+        };
+        for (k, report) in reports.iter().enumerate() {
+            if let Some(&i) = run.get(k) {
+                self.on_probe(i, report);
             }
-            let check = self.tiers[i].check;
-            let report = tokio::select! {
-                _ = stop.cancelled() => return false,
-                r = self.prober.probe_check(check, self.addr, Some(&self.name)) => r,
-            };
-            self.on_probe(i, &report);
         }
         // Rescheduled after the probes (a slow probe delays its tier, never stacks probes),
-        // with one jitter factor for all, so tiers with equal intervals stay in step.
+        // with one jitter factor for all, so tiers with equal intervals stay in step. A tier
+        // brought forward but not reached keeps its own time.
         let f = jitter_factor(seed);
         let after = Instant::now();
-        for i in ran {
+        let ran = reports.len();
+        let reached = run.iter().enumerate().filter(|(k, _)| *k < ran);
+        let due = run.iter().enumerate().filter(|(k, _)| *k >= ran);
+        let due = due
+            .filter(|(_, &i)| self.tiers[i].next <= now)
+            .map(|(_, &i)| i);
+        let again: Vec<usize> = reached.map(|(_, &i)| i).chain(due).chain(skipped).collect();
+        for i in again {
             let t = &mut self.tiers[i];
-            // A tier brought forward meanwhile (a cheaper one recovered) keeps that.
-            if t.next <= now {
-                t.next = after + t.interval.mul_f64(f);
-            }
+            t.next = after + t.interval.mul_f64(f);
         }
         true
     }
@@ -266,20 +289,14 @@ impl Backend {
     }
 
     /// Feeds one result into tier `i`. A cheaper tier going down takes the dearer ones down
-    /// with it (they must prove themselves again); one passing again after failing has the
-    /// dearer ones probed at once.
+    /// with it: they must prove themselves again.
     fn record(&mut self, i: usize, success: bool) -> Option<HealthState> {
         let t = self.tiers.get_mut(i)?;
-        let was_failing = t.failing;
         t.failing = !success;
         let changed = t.hysteresis.record(success);
-        let now = Instant::now();
-        for d in self.tiers.iter_mut().skip(i + 1) {
-            if changed == Some(HealthState::Down) {
+        if changed == Some(HealthState::Down) {
+            for d in self.tiers.iter_mut().skip(i + 1) {
                 d.hysteresis.reset(HealthState::Down);
-            }
-            if was_failing && success {
-                d.next = d.next.min(now);
             }
         }
         changed
