@@ -552,6 +552,14 @@ async fn token_rejecting_gateway_leaves_in_time_keeps_its_tunnels_and_returns_af
     assert_eq!(state_changes(&m, &xn), 1);
     assert!(results(&m, &xn, "rdg-token", "token-rejected") >= u64::from(fall));
 
+    // The session's own client address was pinned to it: its affinity entry is gone, so a
+    // new connection from there goes to the other gateway too.
+    let _again = tunnel(lb, 10, "established-again").await;
+    let got = who(&gws, "established-again")
+        .await
+        .map(|g| g.control().name().to_owned());
+    assert_eq!(got.as_deref(), Some(yn.as_str()));
+
     // No new client reaches it; every one gets a working tunnel on the other gateway.
     for n in 20..30u8 {
         let name = format!("new-{n}");
