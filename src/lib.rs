@@ -17,9 +17,10 @@
 //!   states, Maglev tables) and the backend choice itself.
 //! - [`controller`]: owns the current snapshot, applies config, health and admin changes.
 //! - [`balancer`]: TCP and UDP listeners, connect with retry, byte copying, drain on shutdown.
-//! - [`health`]: probe scheduling (one task per backend, jittered interval), the checks (tcp,
-//!   tls, rdg-token through a real MS-TSGU tunnel opening), verdicts, rise/fall hysteresis,
-//!   passive failure reports from the data plane, fail-static on farm-wide token rejection.
+//! - [`health`]: probe scheduling (one task per backend, each check a tier on its own
+//!   jittered interval), the checks (tcp, tls, rdg-token through a real MS-TSGU tunnel
+//!   opening), verdicts, rise/fall hysteresis, passive failure reports from the data plane,
+//!   fail-static on farm-wide token rejection.
 //! - [`metrics`]: the Prometheus registry, every metric name, and the `/metrics` listener.
 //! - [`token`]: the VMM console-connect token (pure): mint and sign it as VMM does, verify it
 //!   step by step as the FedAuth gateway plug-in does, redact it for logs, write the .rdp file.
@@ -29,7 +30,8 @@
 //!   channel relay, fault injection, verdict records) for tests, the lab and drills.
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
-//! - [`cli`]: subcommands beyond wiring (`portico token ...`), returning text and status.
+//! - [`cli`]: subcommands beyond wiring (`portico token ...`, `portico probe`), returning
+//!   text and status.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
 
 pub mod affinity;

@@ -212,23 +212,7 @@ impl Backend {
     /// first failing tier; the due ones it did not reach count as skipped.
     async fn wake(&mut self, stop: &CancellationToken, seed: &mut u64) -> bool {
         let now = Instant::now();
-        let mut run = Vec::new();
-        let mut skipped = Vec::new();
-        let mut recovering = false;
-        let mut blocked = false;
-        for (i, t) in self.tiers.iter().enumerate() {
-            let due = t.next <= now;
-            if blocked {
-                if due {
-                    skipped.push(i);
-                }
-            } else if due || recovering {
-                recovering |= t.failing;
-                run.push(i);
-            } else if t.failing {
-                blocked = true;
-            }
-        }
+        let (run, skipped) = plan(self.tiers.iter().map(|t| (t.next <= now, t.failing)));
         if !skipped.is_empty() {
             debug!(
                 skipped = skipped.len(),
@@ -521,6 +505,29 @@ impl Backend {
     }
 }
 
+/// Which tiers one wake probes (pure): `tiers` gives, cheapest first, whether each is due and
+/// whether its last result failed. Returns the tiers to probe in order and the due tiers
+/// skipped. Every due tier runs, plus the not-yet-due tiers after a running one that was
+/// failing (if it passes now they run at once, on the same connection); nothing after a
+/// not-due failing tier runs, and the due ones there are skipped.
+pub fn plan(tiers: impl IntoIterator<Item = (bool, bool)>) -> (Vec<usize>, Vec<usize>) {
+    let (mut run, mut skipped) = (Vec::new(), Vec::new());
+    let (mut recovering, mut blocked) = (false, false);
+    for (i, (due, failing)) in tiers.into_iter().enumerate() {
+        if blocked {
+            if due {
+                skipped.push(i);
+            }
+        } else if due || recovering {
+            recovering |= failing;
+            run.push(i);
+        } else if failing {
+            blocked = true;
+        }
+    }
+    (run, skipped)
+}
+
 /// Sleeps until `at`; forever without a deadline (a backend with passive checks only).
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -543,6 +550,57 @@ async fn recv(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_examples() {
+        // (due, failing) per tier: tcp, tls, rdg-token.
+        let p = |t: [(bool, bool); 3]| plan(t);
+        // All due and passing: all run, in order.
+        assert_eq!(p([(true, false); 3]), (vec![0, 1, 2], vec![]));
+        // Only the token check due.
+        assert_eq!(
+            p([(false, false), (false, false), (true, false)]),
+            (vec![2], vec![])
+        );
+        // tcp failing (not due): the dearer due ones are skipped.
+        assert_eq!(
+            p([(false, true), (true, false), (true, false)]),
+            (vec![], vec![1, 2])
+        );
+        // tcp failing and due: it runs with everything after it, due or not.
+        assert_eq!(
+            p([(true, true), (false, false), (false, false)]),
+            (vec![0, 1, 2], vec![])
+        );
+        // tls failing, not due; tcp due: tcp runs, the token check waits.
+        assert_eq!(
+            p([(true, false), (false, true), (true, false)]),
+            (vec![0], vec![2])
+        );
+    }
+
+    proptest::proptest! {
+        /// Every due tier is either run or skipped; a tier runs only if no cheaper tier is
+        /// failing without running; run and skipped are in check order.
+        #[test]
+        fn plan_invariants(tiers in proptest::collection::vec((proptest::bool::ANY, proptest::bool::ANY), 0..6)) {
+            let (run, skipped) = plan(tiers.iter().copied());
+            for (i, (due, _)) in tiers.iter().enumerate() {
+                if *due {
+                    proptest::prop_assert!(run.contains(&i) != skipped.contains(&i));
+                }
+            }
+            for &i in &run {
+                let blocked = tiers[..i]
+                    .iter()
+                    .enumerate()
+                    .any(|(j, (_, failing))| *failing && !run.contains(&j));
+                proptest::prop_assert!(!blocked, "tier {} runs behind a failing one", i);
+            }
+            proptest::prop_assert!(run.windows(2).all(|w| w[0] < w[1]));
+            proptest::prop_assert!(skipped.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {
