@@ -101,6 +101,21 @@ pub fn render_plan(c: &Config) -> String {
             h.fall,
             if h.passive { ", passive" } else { "" }
         );
+        // Check tiers with their own interval (only when one differs from `interval_ms`).
+        if h.checks.iter().any(|k| h.intervals.of(*k) != h.interval) {
+            let tiers: Vec<String> = h
+                .checks
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{} every {} ms",
+                        crate::health::probe::check_label(*k),
+                        h.intervals.of(*k).as_millis()
+                    )
+                })
+                .collect();
+            let _ = writeln!(o, "  health tiers: {}", tiers.join(", "));
+        }
         let shares = Maglev::build(
             p.backends.iter().map(|b| (b.name.as_str(), b.weight.get())),
             p.table_size,

@@ -17,9 +17,10 @@
 //!   states, Maglev tables) and the backend choice itself.
 //! - [`controller`]: owns the current snapshot, applies config, health and admin changes.
 //! - [`balancer`]: TCP and UDP listeners, connect with retry, byte copying, drain on shutdown.
-//! - [`health`]: probe scheduling (one task per backend, jittered interval), the checks (tcp,
-//!   tls, rdg-token through a real MS-TSGU tunnel opening), verdicts, rise/fall hysteresis,
-//!   passive failure reports from the data plane, fail-static on farm-wide token rejection.
+//! - [`health`]: probe scheduling (one task per backend, each check a tier on its own
+//!   jittered interval), the checks (tcp, tls, rdg-token through a real MS-TSGU tunnel
+//!   opening), verdicts, rise/fall hysteresis, passive failure reports from the data plane,
+//!   fail-static on farm-wide token rejection.
 //! - [`dns`]: the authoritative zone for the gateway alias (UDP, TCP, EDNS, AXFR), answering
 //!   with the VIPs whose pools can serve, from the current snapshot.
 //! - [`metrics`]: the Prometheus registry, every metric name, and the `/metrics` listener.
@@ -31,7 +32,8 @@
 //!   channel relay, fault injection, verdict records) for tests, the lab and drills.
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
-//! - [`cli`]: subcommands beyond wiring (`portico token ...`), returning text and status.
+//! - [`cli`]: subcommands beyond wiring (`portico token ...`, `portico probe`), returning
+//!   text and status.
 //! - [`systemd`]: `Type=notify` support: READY/STATUS/RELOADING/STOPPING and watchdog pings
 //!   that stop when the housekeeping loop stalls; no-ops without `NOTIFY_SOCKET`.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.

@@ -75,6 +75,18 @@ enum Command {
         #[arg(long)]
         target_override: Option<std::net::SocketAddr>,
     },
+    /// Probe every backend once (or the one named) with the pool's checks; print each
+    /// check's verdict, timing, the certificate and the gateway's status codes. Exit 0 only
+    /// if every probed backend is healthy, 1 otherwise, 2 on a config mistake.
+    Probe {
+        #[arg(long, short, default_value = "/etc/portico/portico.toml")]
+        config: PathBuf,
+        /// Only this backend (by name).
+        backend: Option<String>,
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Console-connect tokens: mint as VMM does, write a portal's .rdp, verify as a gateway.
     Token {
         #[command(subcommand)]
@@ -199,6 +211,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Token { command } => finish(token(command)),
+        Command::Probe {
+            config,
+            backend,
+            json,
+        } => {
+            if std::env::var_os("PORTICO_LOG").is_some() {
+                init_logging();
+            }
+            finish(portico::cli::probe::run(&portico::cli::probe::ProbeArgs {
+                config,
+                backend,
+                json,
+            }))
+        }
         Command::SimGateway {
             listen,
             cert,

@@ -47,6 +47,7 @@ pub const PROBE_DURATION: &str = "portico_probe_duration_seconds";
 pub const PROBE_RESULTS: &str = "portico_probe_results_total";
 pub const BACKEND_STATE_CHANGES: &str = "portico_backend_state_changes_total";
 pub const BACKEND_CERT_NOT_AFTER: &str = "portico_backend_cert_not_after_seconds";
+pub const BACKEND_CERT_WARNING: &str = "portico_backend_cert_warning";
 pub const BACKEND_CLOCK_SKEW: &str = "portico_backend_clock_skew_seconds";
 pub const PROBE_CREDENTIAL_SUSPECT: &str = "portico_probe_credential_suspect";
 pub const DNS_QUERIES: &str = "portico_dns_queries_total";
@@ -140,6 +141,9 @@ pub struct Metrics {
     pub probe_results: IntCounterVec,
     pub backend_state_changes: IntCounterVec,
     pub backend_cert_not_after: IntGaugeVec,
+    /// 1 while the last `tls` check passed with a warning (expiry within `min_days_left`,
+    /// node name missing): still eligible.
+    pub backend_cert_warning: IntGaugeVec,
     pub backend_clock_skew: IntGaugeVec,
     pub probe_credential_suspect: IntGaugeVec,
     /// `qtype` from a closed set (a, aaaa, ns, soa, any, axfr, ixfr, other), `rcode` likewise.
@@ -273,6 +277,12 @@ impl Metrics {
                 &reg,
                 BACKEND_CERT_NOT_AFTER,
                 "Expiry of the certificate the backend presents, unix seconds.",
+                &["pool", "backend"],
+            ),
+            backend_cert_warning: gauge(
+                &reg,
+                BACKEND_CERT_WARNING,
+                "1 while the backend's certificate passes with a warning (expires within min_days_left, or does not name the node); the backend stays eligible.",
                 &["pool", "backend"],
             ),
             backend_clock_skew: gauge(

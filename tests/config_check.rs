@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use portico::config::{self, defaults, CheckKind, Diagnostic, Protocol, VipMode};
+use portico::config::{self, defaults, CheckIntervals, CheckKind, Diagnostic, Protocol, VipMode};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -157,6 +157,29 @@ const BROKEN: &[Case] = &[
     (
         "broken-table-size.toml",
         &[(12, "pool.gw.table_size", "65536 is not prime")],
+    ),
+    (
+        "broken-channel-target.toml",
+        &[(
+            16,
+            "pool.gw.health.rdg_token.channel_target",
+            "\"canary:0\": port \"0\" is not 1..=65535",
+        )],
+    ),
+    (
+        "broken-health-intervals.toml",
+        &[
+            (
+                15,
+                "pool.gw.health.tcp_interval_ms",
+                "must be between 1 and 3600000, got 0",
+            ),
+            (
+                16,
+                "pool.gw.health.rdg_token_interval_ms",
+                "must be between 1 and 3600000, got 3600001",
+            ),
+        ],
     ),
     (
         "broken-health-zero.toml",
@@ -389,6 +412,11 @@ fn defaults_are_the_documented_consts() {
         pool.health.timeout,
         Duration::from_millis(defaults::HEALTH_TIMEOUT_MS)
     );
+    assert_eq!(
+        pool.health.intervals,
+        CheckIntervals::all(Duration::from_millis(defaults::HEALTH_INTERVAL_MS)),
+        "every check tier defaults to interval_ms"
+    );
     assert_eq!(pool.health.rise.get(), defaults::HEALTH_RISE);
     assert_eq!(pool.health.fall.get(), defaults::HEALTH_FALL);
     assert!(pool.health.passive && pool.health.tls.is_none());
@@ -417,6 +445,15 @@ fn reference_config_values() {
     assert_eq!(
         pool.health.checks,
         vec![CheckKind::Tcp, CheckKind::Tls, CheckKind::RdgToken]
+    );
+    let ms = Duration::from_millis;
+    assert_eq!(
+        pool.health.intervals,
+        CheckIntervals {
+            tcp: ms(2000),
+            tls: ms(10_000),
+            rdg_token: ms(30_000)
+        }
     );
     assert_eq!(
         c.dns.as_ref().map(|d| d.zone.as_str()),

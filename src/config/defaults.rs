@@ -52,6 +52,8 @@ pub const TABLE_SIZE: u32 = 65537;
 
 /// `[pool.NAME.health] interval_ms`.
 pub const HEALTH_INTERVAL_MS: u64 = 2000;
+// `[pool.NAME.health] tcp_interval_ms`, `tls_interval_ms`, `rdg_token_interval_ms` have no
+// constant of their own: each defaults to the pool's `interval_ms`.
 /// `[pool.NAME.health] timeout_ms`.
 pub const HEALTH_TIMEOUT_MS: u64 = 1000;
 /// `[pool.NAME.health] rise`.

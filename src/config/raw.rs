@@ -108,6 +108,10 @@ pub struct RawBackend {
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     pub interval_ms: Option<i64>,
+    /// Per-check tier intervals; each defaults to `interval_ms`.
+    pub tcp_interval_ms: Option<i64>,
+    pub tls_interval_ms: Option<i64>,
+    pub rdg_token_interval_ms: Option<i64>,
     pub timeout_ms: Option<i64>,
     pub rise: Option<i64>,
     pub fall: Option<i64>,
@@ -134,6 +138,7 @@ pub struct RawRdgToken {
     pub signing_key: Option<String>,
     pub host: Option<String>,
     pub port: Option<i64>,
+    pub channel_target: Option<String>,
 }
 
 /// `[balancer]`

@@ -165,7 +165,10 @@ pub enum CheckKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
+    /// Between probes of a check without its own interval.
     pub interval: Duration,
+    /// Each check tier's own interval (from `tcp_interval_ms`, ...; default `interval`).
+    pub intervals: CheckIntervals,
     pub timeout: Duration,
     pub rise: NonZeroU32,
     pub fall: NonZeroU32,
@@ -175,6 +178,34 @@ pub struct Health {
     pub passive: bool,
     pub tls: Option<TlsCheck>,
     pub rdg_token: Option<RdgTokenCheck>,
+}
+
+/// How often each check tier runs, so a cheap connect can run often and the token check
+/// (an RSA signature and a full MS-TSGU exchange) rarely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckIntervals {
+    pub tcp: Duration,
+    pub tls: Duration,
+    pub rdg_token: Duration,
+}
+
+impl CheckIntervals {
+    /// Every tier at `interval`.
+    pub fn all(interval: Duration) -> CheckIntervals {
+        CheckIntervals {
+            tcp: interval,
+            tls: interval,
+            rdg_token: interval,
+        }
+    }
+
+    pub fn of(&self, check: CheckKind) -> Duration {
+        match check {
+            CheckKind::Tcp => self.tcp,
+            CheckKind::Tls => self.tls,
+            CheckKind::RdgToken => self.rdg_token,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -191,6 +222,9 @@ pub struct RdgTokenCheck {
     /// Host named in the probe token (the canary host identity).
     pub host: String,
     pub port: u16,
+    /// When set, the probe goes on to CHANNEL_CREATE for this `(host, port)` (the token then
+    /// names it) and closes the channel cleanly.
+    pub channel_target: Option<(String, u16)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1096,6 +1096,23 @@ fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
             format!("{interval} ms is not longer than timeout_ms (default {timeout} ms): a slow probe delays the next one"),
         );
     }
+    // Each check tier's own interval, `interval_ms` unless given (and then checked the same way).
+    let mut tier = |key: &str, value: Option<i64>| -> u64 {
+        let path = p.key(key);
+        let v = r.u64(&path, value, interval, 1, 3_600_000);
+        if value.is_some() && timeout >= v {
+            r.warn(
+                &path,
+                format!("{v} ms is not longer than timeout_ms ({timeout} ms): a slow probe delays the next one"),
+            );
+        }
+        v
+    };
+    let intervals = CheckIntervals {
+        tcp: ms(tier("tcp_interval_ms", raw.tcp_interval_ms)),
+        tls: ms(tier("tls_interval_ms", raw.tls_interval_ms)),
+        rdg_token: ms(tier("rdg_token_interval_ms", raw.rdg_token_interval_ms)),
+    };
     let rise = r.nonzero(&p.key("rise"), raw.rise, d::HEALTH_RISE, 1000);
     let fall = r.nonzero(&p.key("fall"), raw.fall, d::HEALTH_FALL, 1000);
 
@@ -1206,16 +1223,50 @@ fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
             "the canary host the probe token names",
         );
         let port = r.port(&tp.key("port"), t.port, d::RDG_TOKEN_PORT);
+        let channel_target = t.channel_target.and_then(|text| {
+            let cp = tp.key("channel_target");
+            match channel_target(&text, port) {
+                Ok(v) => Some(v),
+                Err(why) => {
+                    r.error(&cp, format!("\"{text}\": {why}"));
+                    None
+                }
+            }
+        });
         RdgTokenCheck {
             signing_cert: PathBuf::from(signing_cert),
             signing_key: PathBuf::from(signing_key),
             host,
             port,
+            channel_target,
         }
     });
 
+    for (check, key, set) in [
+        (
+            CheckKind::Tcp,
+            "tcp_interval_ms",
+            raw.tcp_interval_ms.is_some(),
+        ),
+        (
+            CheckKind::Tls,
+            "tls_interval_ms",
+            raw.tls_interval_ms.is_some(),
+        ),
+        (
+            CheckKind::RdgToken,
+            "rdg_token_interval_ms",
+            raw.rdg_token_interval_ms.is_some(),
+        ),
+    ] {
+        if set && !checks.contains(&check) {
+            r.warn(&p.key(key), "ignored: its check is not in checks");
+        }
+    }
+
     Health {
         interval: ms(interval),
+        intervals,
         timeout: ms(timeout),
         rise,
         fall,
@@ -1224,6 +1275,27 @@ fn health(raw: Option<RawHealth>, p: &FieldPath, r: &mut Report<'_>) -> Health {
         tls,
         rdg_token,
     }
+}
+
+/// `HOST` or `HOST:PORT` (default `port`): a host name as a token names it (no spaces or
+/// control characters; an IPv6 literal in brackets).
+fn channel_target(text: &str, port: u16) -> Result<(String, u16), String> {
+    let text = text.trim();
+    let (host, p) = match text.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || (h.starts_with('[') && h.ends_with(']')) => {
+            let p: u16 = p
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("port {p:?} is not 1..=65535"))?;
+            (h, p)
+        }
+        _ => (text, port),
+    };
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("expected HOST or HOST:PORT, e.g. \"canary.hv.example.com:2179\"".into());
+    }
+    Ok((host.to_owned(), p))
 }
 
 // === The rest ===
@@ -1710,6 +1782,18 @@ mod tests {
         assert!(dns_zone("-a.b").unwrap_err().contains("'-'"));
         assert!(dns_zone("a_b.c").unwrap_err().contains("'_'"));
         assert!(dns_zone(&"a".repeat(64)).unwrap_err().contains("63"));
+    }
+
+    #[test]
+    fn channel_targets() {
+        let ok = |t: &str| channel_target(t, 2179);
+        assert_eq!(ok("canary.hv"), Ok(("canary.hv".into(), 2179)));
+        assert_eq!(ok("canary.hv:3389"), Ok(("canary.hv".into(), 3389)));
+        assert_eq!(ok("[2001:db8::1]:3389"), Ok(("[2001:db8::1]".into(), 3389)));
+        assert!(ok("canary.hv:0").is_err());
+        assert!(ok("canary.hv:x").is_err());
+        assert!(ok("").is_err());
+        assert!(ok("two words").is_err());
     }
 
     #[test]

@@ -34,6 +34,14 @@ impl Hysteresis {
         self.state
     }
 
+    pub fn rise(&self) -> u32 {
+        self.rise.get()
+    }
+
+    pub fn fall(&self) -> u32 {
+        self.fall.get()
+    }
+
     /// Consecutive results so far that disagree with the current state.
     pub fn streak(&self) -> u32 {
         self.streak

@@ -4,8 +4,9 @@
 //! - [`verdict`]: [`Verdict`] and the classification of PROTOCOLS.md §4.2 (pure).
 //! - [`date`]: the HTTP `Date:` parser behind the clock-skew gauge (pure).
 //! - [`probe`]: the checks (`tcp`, `tls`, `rdg-token`) with one deadline per probe.
-//! - [`scheduler`]: one task per backend: jittered interval, hysteresis, passive reports,
-//!   fail-static, metrics and one log line per state change; publishes through
+//! - [`scheduler`]: one task per backend running each check as a tier on its own jittered
+//!   interval with its own hysteresis (a failing cheap tier stops the dearer ones), passive
+//!   reports, fail-static, metrics and one log line per state change; publishes through
 //!   [`crate::controller::Controller::set_health`].
 //!
 //! # Passive checks

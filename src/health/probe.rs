@@ -16,12 +16,18 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::date::parse_http_date;
-use super::verdict::{classify_error, classify_io, classify_tunnel, Stage, Verdict};
+use super::verdict::{
+    classify_channel, classify_error, classify_io, classify_tunnel, Stage, Verdict,
+};
 use crate::config::{CheckKind, Health};
-use crate::rdg::packet::{caps, extended_auth, HandshakeRequest, Packet, TunnelAuth, TunnelCreate};
+use crate::rdg::hresult;
+use crate::rdg::packet::{
+    caps, extended_auth, CloseChannel, HandshakeRequest, Packet, TunnelAuth, TunnelCreate,
+};
 use crate::sim::client::{ClientConfig, ClientError, RdgClient, TunnelStatus};
 use crate::sim::Transport;
 use crate::token::{mint, MintRequest, SigningIdentity};
@@ -65,6 +71,10 @@ pub struct CertFacts {
     pub sans: Vec<String>,
     /// Unix seconds.
     pub not_after: i64,
+    pub issuer: String,
+    /// SHA-1 thumbprint of the issuing certificate (as Windows' certificate store shows it),
+    /// when the issuer is in the presented chain or among the configured roots.
+    pub issuer_thumbprint: Option<String>,
 }
 
 /// One check's outcome.
@@ -124,17 +134,40 @@ impl ProbeReport {
     }
 }
 
+/// What a passing check hands on to the next one of the same probe.
+enum Carry {
+    None,
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 struct TlsProbe {
     server_name: String,
     client: Arc<rustls::ClientConfig>,
     min_days_left: u32,
+    /// The trusted roots (DER), to name the issuer of a leaf presented without its chain.
+    roots: Vec<CertificateDer<'static>>,
 }
 
 struct RdgProbe {
     identity: Arc<SigningIdentity>,
     host: String,
     port: u16,
+    /// The last minted token and when (unix seconds), shared by every backend of the pool.
+    token: std::sync::Mutex<Option<(u64, Arc<str>)>>,
+    /// Go on to CHANNEL_CREATE for this host and port (the token names it) and close.
+    channel: Option<(String, u16)>,
 }
+
+/// How long one minted probe token is reused across a pool's backends.
+///
+/// Signing is an RSA private-key operation (about a millisecond here); one per probe is most
+/// of a hundred-backend pool's probing cost. A token names only the canary host, not the
+/// gateway, and the FedAuth plug-in keeps no replay list (a VMM token is reusable for its
+/// whole TTL anyway), so one token serves every backend probed within this window. It is
+/// minted at most this long before use, far inside its [`crate::token::DEFAULT_TTL_SECS`]
+/// lifetime, so a gateway clock skew the token would survive at mint time it still survives.
+pub const TOKEN_REUSE_SECS: u64 = 2;
 
 /// The checks of one pool, ready to run against any of its backends.
 pub struct Prober {
@@ -154,26 +187,49 @@ pub fn now_unix() -> i64 {
 
 /// A rustls client config trusting the certificates of `ca_file`.
 pub fn client_config_from_ca(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, SetupError> {
+    Ok(client_config_and_roots(ca_file)?.0)
+}
+
+/// [`client_config_from_ca`] and the root certificates it trusts.
+///
+/// Session resumption is off: a resumed session presents no certificate, and the `tls`
+/// check is there to look at the certificate every time (a renewal can change it).
+fn client_config_and_roots(
+    ca_file: &Path,
+) -> Result<(Arc<rustls::ClientConfig>, Vec<CertificateDer<'static>>), SetupError> {
     let err = |reason: String| SetupError::CaFile {
         path: ca_file.to_path_buf(),
         reason,
     };
     let mut roots = rustls::RootCertStore::empty();
+    let mut ders = Vec::new();
     let iter = CertificateDer::pem_file_iter(ca_file).map_err(|e| err(e.to_string()))?;
     for c in iter {
         let c = c.map_err(|e| err(e.to_string()))?;
-        roots.add(c).map_err(|e| err(e.to_string()))?;
+        roots.add(c.clone()).map_err(|e| err(e.to_string()))?;
+        ders.push(c);
     }
     if roots.is_empty() {
         return Err(err("no certificate in the file".into()));
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(cfg))
+    // AES-128-GCM/SHA-256 first: a probe carries nothing secret, and SHA-384's key schedule
+    // costs more per handshake (no SHA-512 instructions here). A server with its own order
+    // still picks by it.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| {
+        !matches!(
+            s.suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok((Arc::new(cfg), ders))
 }
 
 impl Prober {
@@ -185,10 +241,12 @@ impl Prober {
                     .ca_file
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+                let (client, roots) = client_config_and_roots(&ca)?;
                 Some(TlsProbe {
                     server_name: t.server_name.clone(),
-                    client: client_config_from_ca(&ca)?,
+                    client,
                     min_days_left: t.min_days_left,
+                    roots,
                 })
             }
             None => None,
@@ -198,6 +256,8 @@ impl Prober {
                 identity: Arc::new(SigningIdentity::load(&r.signing_cert, &r.signing_key)?),
                 host: r.host.clone(),
                 port: r.port,
+                token: std::sync::Mutex::new(None),
+                channel: r.channel_target.clone(),
             }),
             _ => None,
         };
@@ -230,6 +290,7 @@ impl Prober {
             server_name: server_name.to_owned(),
             client,
             min_days_left,
+            roots: Vec::new(),
         });
         self
     }
@@ -245,6 +306,8 @@ impl Prober {
             identity,
             host: host.to_owned(),
             port,
+            token: std::sync::Mutex::new(None),
+            channel: None,
         });
         self
     }
@@ -270,27 +333,102 @@ impl Prober {
     pub async fn probe(&self, addr: SocketAddr, node: Option<&str>) -> ProbeReport {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut report = ProbeReport::new();
+        let mut carry = Carry::None;
         for &check in &self.checks {
-            let t0 = Instant::now();
-            let (verdict, stage) = match check {
-                CheckKind::Tcp => self.tcp(addr, deadline, &mut report).await,
-                CheckKind::Tls => self.tls(addr, node, deadline, &mut report).await,
-                CheckKind::RdgToken => self.rdg_token(addr, deadline, &mut report).await,
-            };
-            report.checks.push(CheckReport {
-                check,
-                verdict,
-                stage,
-                elapsed: t0.elapsed(),
-            });
-            report.verdict = verdict;
-            report.stage = stage;
-            report.check = Some(check);
-            if !verdict.is_healthy() {
+            self.run_check(check, addr, node, deadline, &mut report, &mut carry)
+                .await;
+            if !report.verdict.is_healthy() {
                 break;
             }
         }
         report
+    }
+
+    /// Runs one check (one tier of the scheduler) against `addr` within its own deadline.
+    pub async fn probe_check(
+        &self,
+        check: CheckKind,
+        addr: SocketAddr,
+        node: Option<&str>,
+    ) -> ProbeReport {
+        let mut reports = self.probe_tiers(&[check], addr, node).await;
+        reports.pop().unwrap_or_else(ProbeReport::new)
+    }
+
+    /// Runs `checks` (tiers due together, cheapest first) in order, each within its own
+    /// deadline and with its own report, stopping after the first that fails. A passing check
+    /// hands its connection on to the next (the TCP connection to `tls`, the TLS session to
+    /// `rdg-token`), as a real client would: a full probe costs one connect and one handshake.
+    pub async fn probe_tiers(
+        &self,
+        checks: &[CheckKind],
+        addr: SocketAddr,
+        node: Option<&str>,
+    ) -> Vec<ProbeReport> {
+        let mut out = Vec::with_capacity(checks.len());
+        let mut carry = Carry::None;
+        for &check in checks {
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            let mut report = ProbeReport::new();
+            self.run_check(check, addr, node, deadline, &mut report, &mut carry)
+                .await;
+            let healthy = report.verdict.is_healthy();
+            out.push(report);
+            if !healthy {
+                break;
+            }
+        }
+        out
+    }
+
+    async fn run_check(
+        &self,
+        check: CheckKind,
+        addr: SocketAddr,
+        node: Option<&str>,
+        deadline: tokio::time::Instant,
+        report: &mut ProbeReport,
+        carry: &mut Carry,
+    ) {
+        let t0 = Instant::now();
+        let taken = std::mem::replace(carry, Carry::None);
+        let (verdict, stage) = match check {
+            CheckKind::Tcp => self.tcp(addr, deadline, report, carry).await,
+            CheckKind::Tls => self.tls(addr, node, deadline, report, taken, carry).await,
+            CheckKind::RdgToken => self.rdg_token(addr, deadline, report, taken).await,
+        };
+        report.checks.push(CheckReport {
+            check,
+            verdict,
+            stage,
+            elapsed: t0.elapsed(),
+        });
+        report.verdict = verdict;
+        report.stage = stage;
+        report.check = Some(check);
+    }
+
+    /// A probe token minted at most [`TOKEN_REUSE_SECS`] ago (minting one when needed).
+    fn token(r: &RdgProbe, now: u64) -> Result<Arc<str>, crate::token::TokenError> {
+        let mut cached = r.token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, t)) = cached.as_ref() {
+            if now >= *at && now - *at <= TOKEN_REUSE_SECS {
+                return Ok(t.clone());
+            }
+        }
+        // With a channel target the token names it: the gateway checks at CHANNEL_CREATE
+        // that the resource asked for is the token's (PROTOCOLS.md §5.3 step 8).
+        let (host, port) = match &r.channel {
+            Some((h, p)) => (h.as_str(), *p),
+            None => (r.host.as_str(), r.port),
+        };
+        let req = MintRequest {
+            port,
+            ..MintRequest::new(host)
+        };
+        let t: Arc<str> = Arc::from(mint(&r.identity, &req, now)?);
+        *cached = Some((now, t.clone()));
+        Ok(t)
     }
 
     async fn tcp(
@@ -298,9 +436,13 @@ impl Prober {
         addr: SocketAddr,
         deadline: tokio::time::Instant,
         report: &mut ProbeReport,
+        carry: &mut Carry,
     ) -> (Verdict, Stage) {
         match timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(_)) => (Verdict::Healthy, Stage::Tcp),
+            Ok(Ok(s)) => {
+                *carry = Carry::Tcp(s);
+                (Verdict::Healthy, Stage::Tcp)
+            }
             Ok(Err(e)) => {
                 report.inconclusive |= is_local_exhaustion(&e);
                 report.detail = Some(e.to_string());
@@ -316,11 +458,17 @@ impl Prober {
         node: Option<&str>,
         deadline: tokio::time::Instant,
         report: &mut ProbeReport,
+        taken: Carry,
+        carry: &mut Carry,
     ) -> (Verdict, Stage) {
         let Some(t) = &self.tls else {
             return (Verdict::TlsError, Stage::Tls);
         };
-        let tcp = match timeout_at(deadline, TcpStream::connect(addr)).await {
+        let connected = match taken {
+            Carry::Tcp(s) => Ok(Ok(s)),
+            _ => timeout_at(deadline, TcpStream::connect(addr)).await,
+        };
+        let tcp = match connected {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 report.inconclusive |= is_local_exhaustion(&e);
@@ -351,7 +499,9 @@ impl Prober {
             report.detail = Some("no peer certificate".into());
             return (Verdict::TlsError, Stage::Tls);
         };
-        let facts = match cert_facts(der) {
+        let chain = conn.peer_certificates().unwrap_or_default();
+        let facts = match cert_facts_with_issuer(der, chain.get(1..).unwrap_or_default(), &t.roots)
+        {
             Ok(f) => f,
             Err(e) => {
                 report.detail = Some(e);
@@ -374,6 +524,7 @@ impl Prober {
             report.detail = Some(format!("certificate SANs do not name {}", t.server_name));
             return (Verdict::TlsError, Stage::Tls);
         }
+        *carry = Carry::Tls(Box::new(tls));
         (Verdict::Healthy, Stage::Tls)
     }
 
@@ -382,18 +533,15 @@ impl Prober {
         addr: SocketAddr,
         deadline: tokio::time::Instant,
         report: &mut ProbeReport,
+        taken: Carry,
     ) -> (Verdict, Stage) {
         let (Some(t), Some(r)) = (&self.tls, &self.rdg) else {
             report.detail = Some("rdg-token check without tls/rdg_token settings".into());
             return (Verdict::ProtocolError, Stage::Http);
         };
-        // A fresh token per probe: the gateway checks ExpiresOn against its own clock.
+        // A fresh token (see TOKEN_REUSE_SECS): the gateway checks ExpiresOn against its clock.
         let now = now_unix().max(0) as u64;
-        let req = MintRequest {
-            port: r.port,
-            ..MintRequest::new(&r.host)
-        };
-        let token = match mint(&r.identity, &req, now) {
+        let token = match Self::token(r, now) {
             Ok(t) => t,
             Err(e) => {
                 // The signing side is wrong: every gateway would refuse it, so it is reported
@@ -411,7 +559,16 @@ impl Prober {
             timeout: remaining,
         };
         let mut stage = Stage::Http;
-        let res = timeout_at(deadline, run_tunnel(&cfg, &token, &mut stage, report)).await;
+        let session = match taken {
+            Carry::Tls(s) => Some(*s),
+            _ => None,
+        };
+        let channel = r.channel.as_ref().map(|(h, p)| (h.as_str(), *p));
+        let res = timeout_at(
+            deadline,
+            run_tunnel(&cfg, session, &token, channel, &mut stage, report),
+        )
+        .await;
         match res {
             Err(_) => (Verdict::Timeout, stage),
             Ok(Err(e)) => {
@@ -429,23 +586,37 @@ impl Prober {
                 report.detail = Some(e.to_string());
                 (classify_error(stage, &e), stage)
             }
-            Ok(Ok(status)) => {
+            Ok(Ok((status, channel))) => {
                 let (v, s, code) = classify_tunnel(&status);
                 report.hresult = code;
-                (v, s)
+                match channel {
+                    Some(c) if v.is_healthy() && c != 0 => {
+                        report.hresult = Some(c);
+                        (classify_channel(c), Stage::ChannelCreate)
+                    }
+                    Some(_) if v.is_healthy() => (v, Stage::ChannelCreate),
+                    _ => (v, s),
+                }
             }
         }
     }
 }
 
 /// Connect, HANDSHAKE, TUNNEL_CREATE, TUNNEL_AUTH, keeping `stage` current for the verdict.
+/// With `channel`, then CHANNEL_CREATE for it and, once open, CLOSE_CHANNEL answered by
+/// CLOSE_CHANNEL_RESPONSE; its CHANNEL_RESPONSE code comes back beside the tunnel statuses.
 async fn run_tunnel(
     cfg: &ClientConfig,
+    session: Option<TlsStream<TcpStream>>,
     token: &str,
+    channel: Option<(&str, u16)>,
     stage: &mut Stage,
     report: &mut ProbeReport,
-) -> Result<TunnelStatus, ClientError> {
-    let (mut client, connected) = RdgClient::connect(cfg).await?;
+) -> Result<(TunnelStatus, Option<u32>), ClientError> {
+    let (mut client, connected) = match session {
+        Some(s) => RdgClient::connect_over(cfg, s).await?,
+        None => RdgClient::connect(cfg).await?,
+    };
     report.http_status = Some(connected.status);
     report.transport = Some(connected.transport);
     if let Some(gw) = connected.date.as_deref().and_then(parse_http_date) {
@@ -470,7 +641,7 @@ async fn run_tunnel(
         tunnel_auth: None,
     };
     if handshake != 0 {
-        return Ok(status);
+        return Ok((status, None));
     }
     *stage = Stage::TunnelCreate;
     client
@@ -485,7 +656,7 @@ async fn run_tunnel(
     };
     status.tunnel = Some(tunnel);
     if tunnel != 0 {
-        return Ok(status);
+        return Ok((status, None));
     }
     *stage = Stage::TunnelAuth;
     client
@@ -495,8 +666,31 @@ async fn run_tunnel(
         Packet::TunnelAuthResponse(r) => Some(r.error_code),
         other => return Err(unexpected("TUNNEL_AUTH_RESPONSE", &other)),
     };
-    // Stop here (PROTOCOLS.md §4.3): no channel exists, dropping the client closes TLS.
-    Ok(status)
+    let Some((host, port)) = channel.filter(|_| {
+        matches!(
+            status.tunnel_auth,
+            Some(hresult::S_OK) | Some(hresult::E_PROXY_QUARANTINE_ACCESSDENIED)
+        )
+    }) else {
+        // Stop here (PROTOCOLS.md §4.3): no channel exists, dropping the client closes TLS.
+        return Ok((status, None));
+    };
+    *stage = Stage::ChannelCreate;
+    let code = client.create_channel(host, port).await?;
+    if code == 0 {
+        client
+            .send(&Packet::CloseChannel(CloseChannel { status: 0 }))
+            .await?;
+        loop {
+            // DATA the target sent first may come before the answer.
+            match client.recv().await? {
+                Packet::CloseChannelResponse(_) => break,
+                Packet::Data(_) | Packet::Keepalive => {}
+                other => return Err(unexpected("CLOSE_CHANNEL_RESPONSE", &other)),
+            }
+        }
+    }
+    Ok((status, Some(code)))
 }
 
 fn unexpected(want: &str, got: &Packet) -> ClientError {
@@ -511,10 +705,29 @@ pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
-/// Subject, DNS SANs and not-after of a DER certificate.
+/// Subject, DNS SANs, not-after and issuer of a DER certificate.
 pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
+    cert_facts_with_issuer(der, &[], &[])
+}
+
+/// [`cert_facts`], with the issuer's thumbprint looked up in the presented `chain` (after
+/// the leaf) and then among `roots`, by subject.
+pub fn cert_facts_with_issuer(
+    der: &[u8],
+    chain: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+) -> Result<CertFacts, String> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
+    let issuer_raw = cert.issuer().as_raw();
+    let issuer_thumbprint = chain
+        .iter()
+        .chain(roots)
+        .find(|c| {
+            x509_parser::parse_x509_certificate(c)
+                .is_ok_and(|(_, ca)| ca.subject().as_raw() == issuer_raw)
+        })
+        .map(|c| crate::token::Thumbprint::of_der(c).to_string());
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
         for n in &ext.value.general_names {
@@ -527,6 +740,8 @@ pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
         subject: cert.subject().to_string(),
         sans,
         not_after: cert.validity().not_after.timestamp(),
+        issuer: cert.issuer().to_string(),
+        issuer_thumbprint,
     })
 }
 
@@ -569,6 +784,8 @@ mod tests {
             subject: "CN=rdgw".into(),
             sans: sans.iter().map(|s| s.to_string()).collect(),
             not_after,
+            issuer: "CN=ca".into(),
+            issuer_thumbprint: None,
         }
     }
 

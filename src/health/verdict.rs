@@ -76,6 +76,8 @@ pub enum Stage {
     TunnelCreate,
     /// TUNNEL_AUTH / TUNNEL_AUTH_RESPONSE.
     TunnelAuth,
+    /// CHANNEL_CREATE / CHANNEL_RESPONSE and CLOSE_CHANNEL (only with `channel_target`).
+    ChannelCreate,
 }
 
 impl Stage {
@@ -87,6 +89,7 @@ impl Stage {
             Stage::Handshake => "handshake",
             Stage::TunnelCreate => "tunnel-create",
             Stage::TunnelAuth => "tunnel-auth",
+            Stage::ChannelCreate => "channel-create",
         }
     }
 
@@ -163,6 +166,16 @@ pub fn classify_tunnel(t: &TunnelStatus) -> (Verdict, Stage, Option<u32>) {
             (Verdict::Healthy, Stage::TunnelAuth, None)
         }
         Some(code) => (classify_code(code), Stage::TunnelAuth, Some(code)),
+    }
+}
+
+/// Verdict for a CHANNEL_RESPONSE code: the token's resource refused (step 8) is the
+/// token's row, a target the gateway cannot reach is the gateway's.
+pub fn classify_channel(code: u32) -> Verdict {
+    if code == hr::S_OK {
+        Verdict::Healthy
+    } else {
+        classify_code(code)
     }
 }
 

@@ -180,6 +180,18 @@ fn random<const N: usize>(rng: &SystemRandom) -> [u8; N] {
 impl RdgClient {
     /// Connects and finishes the HTTP phase of `cfg.transport`.
     pub async fn connect(cfg: &ClientConfig) -> Result<(RdgClient, Connected), ClientError> {
+        let out = tls_connect(cfg).await?;
+        Self::connect_over(cfg, out).await
+    }
+
+    /// [`RdgClient::connect`] over a TLS session the caller already opened to `cfg.addr` (the
+    /// health probe hands its `tls` check's session on, so one probe costs one handshake).
+    /// The legacy transport still opens its IN channel itself.
+    pub async fn connect_over(
+        cfg: &ClientConfig,
+        out: TlsStream<TcpStream>,
+    ) -> Result<(RdgClient, Connected), ClientError> {
+        let mut out = out;
         let rng = SystemRandom::new();
         let params = RequestParams {
             host: &cfg.server_name,
@@ -190,7 +202,6 @@ impl RdgClient {
         let build = |kind| {
             http::build_request(&params, kind).map_err(|e| ClientError::Protocol(e.to_string()))
         };
-        let mut out = tls_connect(cfg).await?;
         let key = http::base64_encode(&random::<16>(&rng));
         let kind = match cfg.transport {
             Transport::Legacy => RequestKind::OutLegacy,

@@ -51,6 +51,7 @@ pub async fn gateways(names: &[&str]) -> Vec<StandIn> {
 pub fn health() -> Health {
     Health {
         interval: Duration::from_secs(2),
+        intervals: CheckIntervals::all(Duration::from_secs(2)),
         timeout: Duration::from_secs(1),
         rise: NonZeroU32::new(2).unwrap(),
         fall: NonZeroU32::new(3).unwrap(),
