@@ -118,6 +118,7 @@ impl Drop for Gateway {
 fn fast_health() -> Health {
     Health {
         interval: PROBE_INTERVAL,
+        intervals: portico::config::CheckIntervals::all(PROBE_INTERVAL),
         timeout: Duration::from_millis(200),
         rise: NonZeroU32::MIN,
         fall: NonZeroU32::MIN,
