@@ -30,8 +30,12 @@
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
 //! - [`cli`]: subcommands beyond wiring (`portico token ...`), returning text and status.
-//! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
+//! - [`daemon`]: wires the parts together for `portico run` and `portico lab`; the live
+//!   listener set (services added and removed by reload) and reload itself.
+//! - [`admin`]: the admin socket (newline-delimited JSON): status, drain, disable, enable,
+//!   reload, vrrp; its client for `portico ctl` and the drills.
 
+pub mod admin;
 pub mod affinity;
 pub mod balancer;
 pub mod check;

@@ -159,6 +159,13 @@ impl Backend {
             .with_label_values(&[&*self.name, "passive", Verdict::ConnectFailed.as_str()])
             .inc();
         self.sync_published();
+        self.controller.note_probe(
+            &self.pool,
+            &self.name,
+            "passive",
+            Verdict::ConnectFailed.as_str(),
+            Some("data-plane connect failed"),
+        );
         debug!("passive: data-plane connect failed");
         if let Some(to) = self.hysteresis.record(false) {
             self.publish(
@@ -229,6 +236,13 @@ impl Backend {
         for w in &r.warnings {
             warn!(warning = %w, "health.probe certificate warning");
         }
+        self.controller.note_probe(
+            &self.pool,
+            &self.name,
+            check,
+            r.verdict.as_str(),
+            r.detail.as_deref(),
+        );
         self.sync_published();
         // Fail-static bookkeeping.
         let (all_rejected, was_suspect) = {
@@ -335,6 +349,12 @@ impl Backend {
             .backend_state_changes
             .with_label_values(&[&*self.pool, &*self.name])
             .inc();
+        let why = if reason.is_empty() {
+            format!("{verdict} ({check})")
+        } else {
+            format!("{verdict} ({check}): {reason}")
+        };
+        self.controller.note_reason(&self.pool, &self.name, why);
         {
             let mut sh = self.shared();
             sh.published.insert(self.name.clone(), to);
