@@ -202,14 +202,18 @@ pub async fn dispatch(node: &Node, req: Request) -> Reply {
                 health_restarted: o.health_restarted,
                 warnings: o.warnings,
             }),
-            Err(e) => Reply::Error(ErrorReply {
-                error: format!(
-                    "reload refused, the previous config stays in force: {}",
-                    e.lines().first().map(String::as_str).unwrap_or("")
-                ),
-                known: Vec::new(),
-                details: e.lines(),
-            }),
+            Err(e) => {
+                let lines = e.lines();
+                Reply::Error(ErrorReply {
+                    error: format!(
+                        "reload refused, the previous config stays in force ({} fault{}):",
+                        lines.len(),
+                        if lines.len() == 1 { "" } else { "s" }
+                    ),
+                    known: Vec::new(),
+                    details: lines,
+                })
+            }
         },
         Request::Vrrp { action } => match super::vrrp::call(node, Some(action)) {
             Ok(s) => Reply::Vrrp(s),
