@@ -124,7 +124,9 @@ enum CtlArg {
         count: Option<u64>,
     },
     /// No new clients; clients pinned by affinity keep reaching it (NLB drainstop).
-    Drain { backend: String },
+    Drain {
+        backend: String,
+    },
     /// No new connections at all.
     Disable {
         backend: String,
@@ -132,7 +134,9 @@ enum CtlArg {
         #[arg(long)]
         kill: bool,
     },
-    Enable { backend: String },
+    Enable {
+        backend: String,
+    },
     /// Re-read the config file (as SIGHUP does); a bad file keeps the old config.
     Reload,
     /// VRRP: `demote` hands the VIP to the peer, `resume` takes part again.
@@ -159,7 +163,11 @@ struct DrillOpts {
 }
 
 impl DrillOpts {
-    fn args(&self, kind: portico::cli::drill::DrillKind, backend: String) -> portico::cli::drill::DrillArgs {
+    fn args(
+        &self,
+        kind: portico::cli::drill::DrillKind,
+        backend: String,
+    ) -> portico::cli::drill::DrillArgs {
         portico::cli::drill::DrillArgs {
             kind,
             backend,
@@ -352,9 +360,17 @@ fn main() -> ExitCode {
                 DrillArg::Drain { backend, opts } => {
                     drill::run(&path, &opts.args(DrillKind::Drain, backend), true).await
                 }
-                DrillArg::Disable { backend, kill, opts } => {
-                    drill::run(&path, &opts.args(DrillKind::Disable { kill }, backend), true)
-                        .await
+                DrillArg::Disable {
+                    backend,
+                    kill,
+                    opts,
+                } => {
+                    drill::run(
+                        &path,
+                        &opts.args(DrillKind::Disable { kill }, backend),
+                        true,
+                    )
+                    .await
                 }
                 DrillArg::VipHandover {
                     target,
@@ -498,14 +514,14 @@ where
     F: FnOnce(PathBuf) -> Fut,
     Fut: std::future::Future<Output = portico::cli::Outcome>,
 {
-    let path = match portico::cli::ctl::socket_path(target.socket.as_deref(), target.config.as_deref())
-    {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("portico: {e}");
-            return ExitCode::from(portico::cli::ctl::EXIT_UNREACHABLE);
-        }
-    };
+    let path =
+        match portico::cli::ctl::socket_path(target.socket.as_deref(), target.config.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("portico: {e}");
+                return ExitCode::from(portico::cli::ctl::EXIT_UNREACHABLE);
+            }
+        };
     let rt = match runtime(Some(1)) {
         Ok(rt) => rt,
         Err(e) => {

@@ -48,15 +48,17 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub async fn connect(path: &Path) -> Result<AdminClient, ClientError> {
-        let s = UnixStream::connect(path).await.map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ClientError::Missing(path.to_owned()),
-            io::ErrorKind::ConnectionRefused => ClientError::Refused(path.to_owned()),
-            io::ErrorKind::PermissionDenied => ClientError::Denied(path.to_owned()),
-            _ => ClientError::Io {
-                path: path.to_owned(),
-                source: e,
-            },
-        })?;
+        let s = UnixStream::connect(path)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => ClientError::Missing(path.to_owned()),
+                io::ErrorKind::ConnectionRefused => ClientError::Refused(path.to_owned()),
+                io::ErrorKind::PermissionDenied => ClientError::Denied(path.to_owned()),
+                _ => ClientError::Io {
+                    path: path.to_owned(),
+                    source: e,
+                },
+            })?;
         let (rd, wr) = s.into_split();
         Ok(AdminClient {
             path: path.to_owned(),

@@ -247,8 +247,7 @@ async fn set_admin(node: &Node, name: &str, to: AdminState, kill: bool) -> Reply
         // Killed relays end on their own threads; give them a moment so the reply shows
         // what is really left.
         let until = tokio::time::Instant::now() + KILL_SETTLE;
-        while super::status::backend_counts(node, name).0 > 0
-            && tokio::time::Instant::now() < until
+        while super::status::backend_counts(node, name).0 > 0 && tokio::time::Instant::now() < until
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -167,7 +167,11 @@ fn age(secs: f64) -> String {
     } else if secs < 3600.0 {
         format!("{}m{:02}s", (secs / 60.0) as u64, (secs % 60.0) as u64)
     } else {
-        format!("{}h{:02}m", (secs / 3600.0) as u64, ((secs % 3600.0) / 60.0) as u64)
+        format!(
+            "{}h{:02}m",
+            (secs / 3600.0) as u64,
+            ((secs % 3600.0) / 60.0) as u64
+        )
     }
 }
 
@@ -368,7 +372,10 @@ mod tests {
                     address: "10.0.0.12".into(),
                     admin: "enabled".into(),
                     health: "down".into(),
-                    reason: Some("token-rejected (rdg-token): E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED".into()),
+                    reason: Some(
+                        "token-rejected (rdg-token): E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED"
+                            .into(),
+                    ),
                     active_connections: 0,
                     connections_total: 0,
                     udp_flows_total: 0,

@@ -237,7 +237,11 @@ impl Plan {
             s.services
                 .iter()
                 .filter(|v| v.protocol == proto && v.pool == b.pool)
-                .find_map(|v| v.bound.as_deref().and_then(|a| a.parse::<SocketAddr>().ok()))
+                .find_map(|v| {
+                    v.bound
+                        .as_deref()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                })
         };
         let (tcp, udp) = (addr("tcp"), addr("udp"));
         if tcp.is_none() && udp.is_none() {
@@ -676,7 +680,9 @@ async fn drill(
     let _ = ticker.await;
     let end = Instant::now();
     let ticks = ticks.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let window_from = step_at.checked_sub(Duration::from_millis(100)).unwrap_or(step_at);
+    let window_from = step_at
+        .checked_sub(Duration::from_millis(100))
+        .unwrap_or(step_at);
     let gap = longest_gap(&ticks, window_from, end);
     let answered = ticks.iter().filter(|(_, a)| a.is_some()).count();
     let _ = writeln!(
@@ -761,7 +767,10 @@ pub async fn vip_handover(socket: &Path, args: &HandoverArgs, echo: bool) -> Out
         .await
     {
         Ok(Reply::Vrrp(v)) => {
-            tl.at(step_at, format!("vrrp demote · this node is now {}", v.state));
+            tl.at(
+                step_at,
+                format!("vrrp demote · this node is now {}", v.state),
+            );
             true
         }
         Ok(Reply::Error(e)) => {
@@ -851,9 +860,15 @@ mod tests {
             (at(80), Some("b".to_string())),
             (at(100), Some("b".to_string())),
         ];
-        assert_eq!(longest_gap(&ticks, at(0), at(100)), Duration::from_millis(60));
+        assert_eq!(
+            longest_gap(&ticks, at(0), at(100)),
+            Duration::from_millis(60)
+        );
         // The window's end counts: nothing answered after 100 until 300.
-        assert_eq!(longest_gap(&ticks, at(0), at(300)), Duration::from_millis(200));
+        assert_eq!(
+            longest_gap(&ticks, at(0), at(300)),
+            Duration::from_millis(200)
+        );
         assert_eq!(longest_gap(&[], at(0), at(50)), Duration::from_millis(50));
     }
 
@@ -868,7 +883,12 @@ mod tests {
 
     #[test]
     fn tally_orders_names() {
-        let t = tally(&[Some("web02".into()), None, Some("web01".into()), Some("web02".into())]);
+        let t = tally(&[
+            Some("web02".into()),
+            None,
+            Some("web01".into()),
+            Some("web02".into()),
+        ]);
         assert_eq!(t, "no answer ×1, web01 ×1, web02 ×2");
     }
 }
