@@ -253,7 +253,13 @@ async fn ctl_runs_every_command_and_reports_errors_and_a_closed_socket() {
 
     // The first probes land within a tenth of the interval; wait for them (bounded).
     let until = Instant::now() + Duration::from_secs(5);
-    while node.status().await.backends.iter().any(|b| b.last_probe.is_none()) {
+    while node
+        .status()
+        .await
+        .backends
+        .iter()
+        .any(|b| b.last_probe.is_none())
+    {
         assert!(Instant::now() < until, "no probe result within 5 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

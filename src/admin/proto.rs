@@ -252,7 +252,7 @@ mod tests {
             ("status", "bad request"),
             (r#"{"cmd":"explode"}"#, "unknown variant"),
             (r#"{"cmd":"drain"}"#, "missing field `backend`"),
-            (r#"{"cmd":"status","x":1}"#, "unknown field"),
+            (r#"{"cmd":"drain","backend":"a","x":1}"#, "unknown field"),
             (r#"{"cmd":"vrrp","action":"sideways"}"#, "unknown variant"),
         ] {
             let e = parse_request(text.as_bytes()).expect_err(text);
