@@ -72,14 +72,19 @@ impl Running {
     pub async fn serve_admin(&mut self) -> anyhow::Result<std::path::PathBuf> {
         let path = self.controller.config().admin.socket.clone();
         let listener = crate::admin::bind(&path)?;
+        self.serve_admin_on(listener, path.clone());
+        Ok(path)
+    }
+
+    /// Starts the admin server on a socket bound earlier (by [`crate::admin::bind`]).
+    pub fn serve_admin_on(&mut self, listener: tokio::net::UnixListener, path: std::path::PathBuf) {
         self.node.plane.tasks.spawn(crate::admin::serve(
             listener,
             self.node.clone(),
             self.node.plane.hard_stop.clone(),
         ));
         info!(socket = %path.display(), "admin socket listening");
-        self.admin_socket = Some(path.clone());
-        Ok(path)
+        self.admin_socket = Some(path);
     }
 
     /// Stops accepting, waits up to `drain` for established connections to finish, then
@@ -248,9 +253,20 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
 /// Runs until SIGTERM or SIGINT (SIGHUP reloads), then drains for the configured time.
 pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     let drain = config.balancer.drain_timeout;
-    let mut running = start_with(config, workers).await?;
-    running.serve_admin().await?;
-    run_until_stopped(&running).await?;
+    // What can fail for want of descriptors or rights is set up before the listeners take
+    // clients: the admin socket and the signal handlers.
+    let admin_path = config.admin.socket.clone();
+    let admin = crate::admin::bind(&admin_path)?;
+    let signals = Signals::install()?;
+    let mut running = match start_with(config, workers).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&admin_path);
+            return Err(e);
+        }
+    };
+    running.serve_admin_on(admin, admin_path);
+    signals.serve(&running).await?;
     let left = running.shutdown(drain).await;
     info!(closed_by_timeout = left, "stopped");
     Ok(())
@@ -271,17 +287,37 @@ pub async fn wait_for_signal() -> anyhow::Result<()> {
 /// Serves until SIGTERM or SIGINT; every SIGHUP reloads the config file (a bad file keeps the
 /// old config; the fault is logged and counted).
 pub async fn run_until_stopped(running: &Running) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let stop = wait_for_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            r = &mut stop => return r,
-            _ = hup.recv() => {
-                info!("SIGHUP received: reloading the config");
-                // The outcome is logged and counted by reload itself.
-                let _ = running.reload().await;
+    Signals::install()?.serve(running).await
+}
+
+/// The signal handlers of a running node, installed before it serves.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    pub async fn serve(mut self, running: &Running) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM received"); return Ok(()); }
+                _ = self.int.recv() => { info!("SIGINT received"); return Ok(()); }
+                _ = self.hup.recv() => {
+                    info!("SIGHUP received: reloading the config");
+                    // The outcome is logged and counted by reload itself.
+                    let _ = running.reload().await;
+                }
             }
         }
     }

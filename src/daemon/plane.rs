@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -31,6 +32,8 @@ pub(crate) enum WorkerCmd {
         name: Arc<str>,
         hint: usize,
         stop: CancellationToken,
+        /// The listener's accept tasks, so closing it can wait until the socket is gone.
+        tracker: TaskTracker,
     },
 }
 
@@ -60,6 +63,8 @@ pub struct Live {
     /// As bound.
     pub addr: SocketAddr,
     stop: CancellationToken,
+    /// Its accept tasks (one per data-plane thread, or the UDP task).
+    tracker: TaskTracker,
 }
 
 /// The data plane's moving parts, shared by the daemon, reload and the admin server.
@@ -144,6 +149,7 @@ impl Plane {
     /// Starts serving a bound service. Must run inside the control-plane runtime (UDP).
     pub fn serve(&self, b: Bound) -> anyhow::Result<()> {
         let stop = self.accept_stop.child_token();
+        let tracker = TaskTracker::new();
         let name: Arc<str> = Arc::from(b.name.as_str());
         match b.sockets {
             Sockets::Tcp(listeners) => {
@@ -153,6 +159,7 @@ impl Plane {
                         name: name.clone(),
                         hint: b.hint,
                         stop: stop.clone(),
+                        tracker: tracker.clone(),
                     })
                     .map_err(|_| anyhow::anyhow!("a data-plane thread has stopped"))?;
                 }
@@ -160,14 +167,14 @@ impl Plane {
             Sockets::Udp(s) => {
                 let s = UdpSocket::from_std(s)
                     .with_context(|| format!("service {}: registering udp socket", b.name))?;
-                self.tasks.spawn(balancer::serve_udp(
+                self.tasks.spawn(tracker.track_future(balancer::serve_udp(
                     s,
                     name,
                     b.hint,
                     self.snapshot.clone(),
                     stop.clone(),
                     self.connections.clone(),
-                ));
+                )));
             }
         }
         info!(service = %b.name, protocol = b.protocol.as_str(), addr = %b.addr, "listening");
@@ -177,16 +184,28 @@ impl Plane {
             listen: b.listen,
             addr: b.addr,
             stop,
+            tracker,
         });
         Ok(())
     }
 
-    /// Stops accepting for service `name`; its established connections carry on.
-    pub fn close(&self, name: &str) -> Option<Live> {
-        let mut live = self.live();
-        let pos = live.iter().position(|l| l.name == name)?;
-        let l = live.remove(pos);
+    /// Stops accepting for service `name` and waits (up to a second) until its sockets are
+    /// closed, so a client that connects after the reply is refused; established connections
+    /// carry on.
+    pub async fn close(&self, name: &str) -> Option<Live> {
+        let l = {
+            let mut live = self.live();
+            let pos = live.iter().position(|l| l.name == name)?;
+            live.remove(pos)
+        };
         l.stop.cancel();
+        l.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(1), l.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(service = %l.name, "listener still open 1 s after it was told to close");
+        }
         info!(service = %l.name, addr = %l.addr, "listener closed");
         Some(l)
     }
@@ -211,9 +230,10 @@ pub(crate) async fn worker(
                 name,
                 hint,
                 stop,
+                tracker,
             }) => match TcpListener::from_std(listener) {
                 Ok(l) => {
-                    tokio::spawn(balancer::serve_tcp(
+                    tracker.spawn(balancer::serve_tcp(
                         l,
                         name,
                         hint,

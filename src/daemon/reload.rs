@@ -183,7 +183,7 @@ impl Node {
             ));
         }
         for name in &plan.remove {
-            self.plane.close(name);
+            self.plane.close(name).await;
             out.removed.push(name.clone());
         }
         for b in bound {
