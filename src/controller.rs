@@ -128,6 +128,14 @@ impl Controller {
             inner.config = old;
             return Err(e);
         }
+        // Forget what the probes said about backends that are gone.
+        let config = inner.config.clone();
+        drop(inner);
+        self.probes().retain(|(pool, backend), _| {
+            config
+                .pool(pool)
+                .is_some_and(|p| p.backends.iter().any(|b| &b.name == backend))
+        });
         Ok(())
     }
 

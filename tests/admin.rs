@@ -767,3 +767,105 @@ async fn drain_and_disable_drills_pass_print_a_timeline_and_restore() {
     assert!(out.contains("vrrp: not configured on this node"), "{out}");
     node.stop().await;
 }
+
+/// Kills the child on drop (by its PID), so a failed assertion leaves no daemon behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_portico_run_and_a_bad_file_is_logged_with_its_line() {
+    use std::io::BufRead;
+    let dir = Dir::new("hup");
+    let gws = gateways(&["web01", "web02", "web03"]).await;
+    let socket = dir.join("admin.sock");
+    let config = dir.join("portico.toml");
+    std::fs::write(&config, config_text(&gws, &socket, &Variant::default())).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portico"));
+    cmd.args(["run", "--workers", "2", "--config"])
+        .arg(&config)
+        .env("PORTICO_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = Child(cmd.spawn().expect("portico run"));
+    let err = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let wait_for = |needle: &str| -> String {
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no log line with {needle:?}: {seen:#?}"),
+            }
+        }
+    };
+    wait_for("admin socket listening");
+    let pid = child.0.id() as libc::pid_t;
+    let hup = || {
+        // SAFETY: kill(2) on our own child's PID.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    };
+
+    // A bad file: refused, the log names file:line and field, the node keeps its config.
+    let bad = config_text(&gws, &socket, &Variant::default())
+        .replace("timeout_ms = 500", "timeout_ms = 500\nfall = -1");
+    let line = bad.lines().position(|l| l == "fall = -1").unwrap() + 1;
+    std::fs::write(&config, &bad).unwrap();
+    hup();
+    let l = wait_for("config.reload refused");
+    assert!(
+        l.contains(&format!("{}:{line}:", config.display())) && l.contains("health.fall"),
+        "{l}"
+    );
+
+    // A good file with one more service: it listens after the SIGHUP.
+    let extra = Variant {
+        extra_services: format!("\n[[service]]\nname = \"extra\"\nlisten = \"127.0.0.1:{}\"\nprotocol = \"tcp\"\npool = \"gateways\"\naffinity = {{ group = \"rdgw\" }}\n", ports()[3]),
+        ..Variant::default()
+    };
+    std::fs::write(&config, config_text(&gws, &socket, &extra)).unwrap();
+    hup();
+    wait_for("config.reload applied");
+    let addr: SocketAddr = format!("127.0.0.1:{}", ports()[3]).parse().unwrap();
+    assert_eq!(
+        which_gateway(source(50), addr).await.unwrap().len(),
+        5,
+        "the added service relays"
+    );
+    let r = portico::admin::client::request(&socket, &Request::Status)
+        .await
+        .unwrap();
+    let Reply::Status(st) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(st.services.len(), 3);
+    // SIGTERM: drains, removes its socket and exits 0.
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = child.0.wait();
+        (s, child)
+    })
+    .await
+    .unwrap()
+    .0
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "admin socket removed at exit");
+    for g in &gws {
+        g.kill().await;
+    }
+}
