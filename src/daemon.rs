@@ -307,6 +307,17 @@ impl Signals {
         })
     }
 
+    /// Resolves on the first SIGTERM or SIGINT (SIGHUP ignored: nothing to reload).
+    pub async fn wait(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM received"); return; }
+                _ = self.int.recv() => { info!("SIGINT received"); return; }
+                _ = self.hup.recv() => info!("SIGHUP received: no config to reload here"),
+            }
+        }
+    }
+
     /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
     pub async fn serve(mut self, running: &Running) -> anyhow::Result<()> {
         loop {
