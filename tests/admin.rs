@@ -68,6 +68,8 @@ struct Variant {
     web03_weight: u32,
     /// Replaces the whole file when set.
     raw: Option<String>,
+    /// Leave the UDP service out (a TCP-only farm: drills follow clients by counters).
+    no_udp: bool,
 }
 
 fn config_text(gws: &[StandIn], socket: &Path, v: &Variant) -> String {
@@ -76,7 +78,7 @@ fn config_text(gws: &[StandIn], socket: &Path, v: &Variant) -> String {
     }
     let w3 = v.web03_weight.max(1);
     let p = ports();
-    format!(
+    let text = format!(
         r#"[node]
 name = "lb-test"
 
@@ -120,7 +122,16 @@ socket = "{sock}"
         tcp = p[0],
         udp = p[1],
         metrics = p[2],
-    )
+    );
+    if v.no_udp {
+        let udp = format!(
+            "[[service]]\nname = \"rdgw-udp\"\nlisten = \"127.0.0.1:{}\"\nprotocol = \"udp\"\npool = \"gateways\"\naffinity = {{ group = \"rdgw\" }}\n",
+            p[1]
+        );
+        assert!(text.contains(&udp));
+        return text.replace(&udp, "");
+    }
+    text
 }
 
 std::thread_local! {
@@ -150,11 +161,15 @@ struct Node {
 
 impl Node {
     async fn start(tag: &str) -> Node {
+        Node::start_as(tag, &Variant::default()).await
+    }
+
+    async fn start_as(tag: &str, v: &Variant) -> Node {
         let dir = Dir::new(tag);
         let gws = gateways(&["web01", "web02", "web03"]).await;
         let socket = dir.join("admin.sock");
         let config = dir.join("portico.toml");
-        std::fs::write(&config, config_text(&gws, &socket, &Variant::default())).unwrap();
+        std::fs::write(&config, config_text(&gws, &socket, v)).unwrap();
         let cfg = portico::config::load(&config).expect("test config valid");
         let mut running = portico::daemon::start_with(cfg, 2)
             .await
@@ -559,7 +574,7 @@ async fn two_hundred_connections_survive_twenty_reloads() {
     let with_extra = Variant {
         extra_services: format!("\n[[service]]\nname = \"extra\"\nlisten = \"127.0.0.1:{}\"\nprotocol = \"tcp\"\npool = \"gateways\"\naffinity = {{ group = \"rdgw\" }}\n", ports()[3]),
         web03_weight: 2,
-        raw: None,
+        ..Variant::default()
     };
     let plain = Variant::default();
     let mut admin = node.client().await;
@@ -611,7 +626,7 @@ async fn reload_opens_added_services_closes_removed_ones_and_keeps_admin_state()
         Variant {
         extra_services: format!("\n[[service]]\nname = \"extra\"\nlisten = \"{listen}\"\nprotocol = \"tcp\"\npool = \"gateways\"\naffinity = {{ group = \"rdgw\" }}\n"),
         web03_weight: 3,
-        raw: None,
+        ..Variant::default()
     }
     };
     node.write(&extra(&format!("127.0.0.1:{}", ports()[3])));
@@ -677,6 +692,7 @@ async fn drill(node: &Node, args: &[&str]) -> String {
     let o = portico(&[&["drill"][..], args, &["--socket", sock, "--clients", "24"]].concat()).await;
     let (out, err, code) = text(&o);
     assert_eq!(code, 0, "drill {args:?} failed:\n{out}\n{err}");
+    eprintln!("portico drill {args:?}:\n{out}");
     out
 }
 
@@ -868,4 +884,32 @@ async fn sighup_reloads_portico_run_and_a_bad_file_is_logged_with_its_line() {
     for g in &gws {
         g.kill().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_drill_on_a_tcp_only_farm_follows_clients_by_counters() {
+    let node = Node::start_as(
+        "tcponly",
+        &Variant {
+            no_udp: true,
+            ..Variant::default()
+        },
+    )
+    .await;
+    let out = drill(&node, &["drain", "web01"]).await;
+    for needle in [
+        "drain web01",
+        "ok    no new client sent to web01 (UDP 0 of 24, TCP 0)",
+        "ok    new TCP connections of pinned clients reach web01",
+        "result: PASS",
+    ] {
+        assert!(
+            out.contains(needle),
+            "tcp-only drain drill lacks {needle:?}:\n{out}"
+        );
+    }
+    // The counters did tell who was where: some existing client was on web01.
+    assert!(!out.contains("no existing client was pinned"), "{out}");
+    assert!(!out.contains("?"), "every client attributed: {out}");
+    node.stop().await;
 }

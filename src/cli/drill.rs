@@ -18,6 +18,10 @@
 //! 6. **Restore** (`enable NAME`) unless `--keep`, then the report and the expectations;
 //!    the exit status is 1 when one failed.
 //!
+//! When the UDP side does not answer with the gateway's name (a real farm: only the lab's
+//! gateways do), clients are followed over TCP instead, one at a time, by which gateway's
+//! connection counter in `status` moved; the ticker holds while that counting runs.
+//!
 //! `vip-handover` runs the ticker against a VIP address and asks the node to `vrrp demote`;
 //! the gap is the longest time the ticker saw no answer.
 
@@ -314,6 +318,47 @@ async fn tcp_connect(from: IpAddr, to: SocketAddr) -> Option<TcpStream> {
         .ok()
 }
 
+/// Each backend's connections since start, by name.
+async fn totals(admin: &mut AdminClient) -> Result<BTreeMap<String, u64>, String> {
+    Ok(status(admin)
+        .await?
+        .backends
+        .into_iter()
+        .map(|b| (b.name, b.connections_total))
+        .collect())
+}
+
+/// Connects from `from` and tells, from the node's per-backend connection counters, which
+/// backend took the connection (for services that do not answer with a name, as a real
+/// gateway farm does not). `Some("?")` when the counters cannot tell (other traffic moved
+/// two at once, or none within half a second).
+async fn tcp_which(
+    admin: &mut AdminClient,
+    from: IpAddr,
+    to: SocketAddr,
+) -> Result<(Option<String>, Option<TcpStream>), String> {
+    let t0 = totals(admin).await?;
+    let Some(c) = tcp_connect(from, to).await else {
+        return Ok((None, None));
+    };
+    let until = Instant::now() + ASK_TIMEOUT;
+    loop {
+        let t1 = totals(admin).await?;
+        let grew: Vec<&String> = t1
+            .iter()
+            .filter(|(k, v)| t0.get(*k).is_some_and(|before| *v > before))
+            .map(|(k, _)| k)
+            .collect();
+        match grew.as_slice() {
+            [one] => return Ok((Some((*one).clone()), Some(c))),
+            [] if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => return Ok((Some("?".into()), Some(c))),
+        }
+    }
+}
+
 /// Open (nothing to read, no EOF), or closed/reset.
 fn is_open(s: &TcpStream) -> bool {
     let mut b = [0u8; 1];
@@ -326,10 +371,16 @@ fn is_open(s: &TcpStream) -> bool {
 
 /// Asks every [`TICK`] until `stop`: over UDP when the service has one, else a TCP connect
 /// that stays open (not refused, not closed at once) counts as an answer.
+/// What the ticker records while paused: not a question, so not a gap either.
+const PAUSED: &str = "-";
+
+/// `paused`: the TCP-only drill follows clients by the node's counters, which the ticker's
+/// own connections would blur; while set, the ticker records [`PAUSED`] instead of asking.
 fn spawn_ticker(
     from: IpAddr,
     plan: &Plan,
     stop: CancellationToken,
+    paused: Arc<std::sync::atomic::AtomicBool>,
 ) -> (Ticks, tokio::task::JoinHandle<()>) {
     let ticks: Ticks = Arc::new(Mutex::new(Vec::new()));
     let (udp, tcp, names) = (plan.udp, plan.tcp, plan.backends.clone());
@@ -342,6 +393,7 @@ fn spawn_ticker(
                 _ = every.tick() => {}
             }
             let answer = match (udp, tcp) {
+                _ if paused.load(std::sync::atomic::Ordering::Relaxed) => Some(PAUSED.to_string()),
                 (Some(u), _) => udp_ask(from, u, &names).await,
                 (None, Some(a)) => tcp_alive(from, a).await.then(|| "tcp".to_string()),
                 (None, None) => None,
@@ -414,11 +466,37 @@ async fn drill(
             before.push(udp_ask(s, u, &plan.backends).await);
         }
     }
+    // Gateways that do not answer UDP with their name (a real farm): tell who went where
+    // from the node's TCP counters instead, one client at a time.
+    let named = before
+        .iter()
+        .any(|a| a.as_deref().is_some_and(|n| n != "?"));
+    let mut plan_now = Plan {
+        tcp: plan.tcp,
+        udp: plan.udp,
+        backends: plan.backends.clone(),
+    };
+    if !named && plan.tcp.is_some() {
+        if plan.udp.is_some() {
+            tl.now("the UDP service gives no named answers: following clients by the node's TCP counters");
+        }
+        plan_now.udp = None;
+        before.clear();
+    }
+    let plan = &plan_now;
     let mut held: Vec<(IpAddr, TcpStream)> = Vec::new();
     if let Some(t) = plan.tcp {
         for &s in &existing {
-            if let Some(c) = tcp_connect(s, t).await {
-                held.push((s, c));
+            if plan.udp.is_some() {
+                if let Some(c) = tcp_connect(s, t).await {
+                    held.push((s, c));
+                }
+            } else {
+                let (who, c) = tcp_which(admin, s, t).await?;
+                before.push(who);
+                if let Some(c) = c {
+                    held.push((s, c));
+                }
             }
         }
     }
@@ -449,7 +527,22 @@ async fn drill(
         .map(|&i| existing[i])
         .unwrap_or(existing[0]);
     let stop = CancellationToken::new();
-    let (ticks, ticker) = spawn_ticker(ticker_src, plan, stop.clone());
+    let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ticks, ticker) = spawn_ticker(ticker_src, plan, stop.clone(), paused.clone());
+    // Counting by counters (no UDP names): hold the ticker while clients are followed.
+    let by_counters = plan.udp.is_none();
+    let pause = |on: bool| {
+        let paused = paused.clone();
+        async move {
+            if by_counters {
+                paused.store(on, std::sync::atomic::Ordering::Relaxed);
+                if on {
+                    // Let a connection in flight land in the counters first.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // 2. The step.
@@ -479,24 +572,39 @@ async fn drill(
         Reply::Error(e) => return Err(format!("{verb} {name}: {}", e.error)),
         other => return Err(format!("{verb} {name}: unexpected reply {other:?}")),
     }
+    if by_counters {
+        // The ticker's view right after the step, before it holds for the counting.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pause(true).await;
+    }
     let total_before_new = backend_of(&status(admin).await?, name)
         .map(|b| b.connections_total)
         .unwrap_or(0);
 
     // 3. New clients.
     let mut new_answers = Vec::new();
-    if let Some(u) = plan.udp {
-        for &s in &fresh {
-            new_answers.push(udp_ask(s, u, &plan.backends).await);
-        }
-    }
     let mut new_tcp = Vec::new();
-    if let Some(t) = plan.tcp {
-        for &s in &fresh {
-            if let Some(c) = tcp_connect(s, t).await {
-                new_tcp.push(c);
+    match (plan.udp, plan.tcp) {
+        (Some(u), tcp) => {
+            for &s in &fresh {
+                new_answers.push(udp_ask(s, u, &plan.backends).await);
+            }
+            if let Some(t) = tcp {
+                for &s in &fresh {
+                    if let Some(c) = tcp_connect(s, t).await {
+                        new_tcp.push(c);
+                    }
+                }
             }
         }
+        (None, Some(t)) => {
+            for &s in &fresh {
+                let (who, c) = tcp_which(admin, s, t).await?;
+                new_answers.push(who);
+                new_tcp.extend(c);
+            }
+        }
+        (None, None) => {}
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let total_after_new = backend_of(&status(admin).await?, name)
@@ -542,6 +650,12 @@ async fn drill(
     if let Some(u) = plan.udp {
         for &s in &existing {
             after.push(udp_ask(s, u, &plan.backends).await);
+        }
+    } else if let Some(t) = plan.tcp {
+        for &s in &existing {
+            // A fresh connection each: where the client's next channel goes.
+            let (who, _c) = tcp_which(admin, s, t).await?;
+            after.push(who);
         }
     }
     let total_before_pinned = backend_of(&status(admin).await?, name)
@@ -611,6 +725,7 @@ async fn drill(
         what: format!("clients of the other gateways did not move ({others_moved} moved)"),
     });
 
+    pause(false).await;
     // 5. Held connections.
     let st = status(admin).await?;
     let on_it_now = backend_of(&st, name)
@@ -652,6 +767,10 @@ async fn drill(
             what: format!("kill closed every connection to {name} ({open_on_it} still open)"),
         });
     }
+    // The client's view is complete; its own connections would keep the count up.
+    stop.cancel();
+    let _ = ticker.await;
+    let end = Instant::now();
     // Close ours and follow the gateway's connection count down.
     drop(held);
     let wait_until = Instant::now() + args.drain_wait;
@@ -676,15 +795,15 @@ async fn drill(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop.cancel();
-    let _ = ticker.await;
-    let end = Instant::now();
     let ticks = ticks.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let window_from = step_at
         .checked_sub(Duration::from_millis(100))
         .unwrap_or(step_at);
     let gap = longest_gap(&ticks, window_from, end);
-    let answered = ticks.iter().filter(|(_, a)| a.is_some()).count();
+    let answered = ticks
+        .iter()
+        .filter(|(_, a)| a.as_deref().is_some_and(|a| a != PAUSED))
+        .count();
     let _ = writeln!(
         report,
         "  gap: {} ms, the longest a client saw no answer ({} asks every {} ms, {answered} answered)",
@@ -742,7 +861,7 @@ pub async fn vip_handover(socket: &Path, args: &HandoverArgs, echo: bool) -> Out
         SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     };
     let stop = CancellationToken::new();
-    let (ticks, ticker) = spawn_ticker(from, &plan, stop.clone());
+    let (ticks, ticker) = spawn_ticker(from, &plan, stop.clone(), Arc::default());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before_ok = ticks
         .lock()
