@@ -66,6 +66,8 @@ struct Variant {
     extra_services: String,
     /// web03's weight.
     web03_weight: u32,
+    /// A fourth backend, `web04`, at this address.
+    web04: Option<SocketAddr>,
     /// Replaces the whole file when set.
     raw: Option<String>,
     /// Leave the UDP service out (a TCP-only farm: drills follow clients by counters).
@@ -100,7 +102,7 @@ affinity = {{ group = "rdgw" }}
 backends = [
   {{ name = "web01", address = "{a}" }},
   {{ name = "web02", address = "{b}" }},
-  {{ name = "web03", address = "{c}", weight = {w3} }},
+  {{ name = "web03", address = "{c}", weight = {w3} }},{web04}
 ]
 
 [pool.gateways.health]
@@ -115,6 +117,10 @@ listen = "127.0.0.1:{metrics}"
 socket = "{sock}"
 "#,
         extra = v.extra_services,
+        web04 = v
+            .web04
+            .map(|a| format!("\n  {{ name = \"web04\", address = \"{a}\" }},"))
+            .unwrap_or_default(),
         a = gws[0].addr,
         b = gws[1].addr,
         c = gws[2].addr,
@@ -683,6 +689,45 @@ async fn reload_opens_added_services_closes_removed_ones_and_keeps_admin_state()
     let st = node.status().await;
     assert_eq!(backend(&st, "web01").admin, "drain");
     assert_eq!(backend(&st, "web02").admin, "disabled");
+
+    // A backend added by reload gets a health task (its probe shows in status) and clients;
+    // removed again, it leaves status.
+    let gw4 = gateways(&["web04"]).await;
+    node.write(&Variant {
+        web03_weight: 3,
+        web04: Some(gw4[0].addr),
+        ..Variant::default()
+    });
+    let r = node.call(Request::Reload).await;
+    assert!(matches!(r, Reply::Reload(_)), "{r:?}");
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = node.status().await;
+        if backend(&st, "web04").last_probe.is_some() {
+            assert_eq!(backend(&st, "web04").health, "up");
+            break;
+        }
+        assert!(Instant::now() < until, "web04 never probed: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for n in 130..170 {
+        seen.insert(which_gateway(source(n), vip).await.unwrap());
+    }
+    assert!(seen.contains("web04"), "new clients reach web04: {seen:?}");
+    assert!(
+        !seen.contains("web01") && !seen.contains("web02"),
+        "{seen:?}"
+    );
+    node.write(&Variant {
+        web03_weight: 3,
+        ..Variant::default()
+    });
+    let r = node.call(Request::Reload).await;
+    assert!(matches!(r, Reply::Reload(_)), "{r:?}");
+    let st = node.status().await;
+    assert!(st.backends.iter().all(|b| b.name != "web04"), "{st:?}");
+    gw4[0].kill().await;
     node.stop().await;
 }
 
