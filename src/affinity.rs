@@ -536,6 +536,15 @@ impl<V: Copy + Eq + Send> StickTable<V> {
         }
     }
 
+    /// Calls `f` with every entry's value, one shard locked at a time (for `status`: how many
+    /// clients are pinned to each backend). `f` must not use this table.
+    pub fn for_each_value(&self, mut f: impl FnMut(&V)) {
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.values.iter().for_each(&mut f);
+        }
+    }
+
     /// Locks the shard owning `key`. A poisoned lock is recovered: every mutation leaves the
     /// shard consistent before anything that can panic (the `retain` predicate) runs, so the
     /// data is intact and one panicked task must not take affinity down for all.

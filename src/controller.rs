@@ -56,6 +56,8 @@ struct Inner {
     /// from: health and admin changes only restrict it, so it is rebuilt only when the
     /// configured set changes.
     base_tables: HashMap<String, BaseTable>,
+    /// Per backend: the token its relays end on (`disable --kill`); replaced after firing.
+    kills: HashMap<BackendId, tokio_util::sync::CancellationToken>,
 }
 
 struct BaseTable {
@@ -64,11 +66,26 @@ struct BaseTable {
     table: Maglev,
 }
 
+/// What the health tasks last saw of a backend, for `status` (not part of the snapshot: it
+/// changes on every probe, and the data plane never needs it).
+#[derive(Debug, Clone, Default)]
+pub struct ProbeNote {
+    /// Check and verdict of the last probe, and when it ended.
+    pub last: Option<(&'static str, &'static str, Instant)>,
+    /// The last probe's detail (why it failed), if any.
+    pub detail: Option<String>,
+    /// Why the health state is what it is: the reason of the last state change.
+    pub reason: Option<String>,
+}
+
 /// Owns the published snapshot. Cheap to share (`Arc<Controller>`).
 pub struct Controller {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
+    /// (pool, backend) → what the probes last said; apart from `inner` so a probe result
+    /// never waits on a snapshot rebuild.
+    probes: Mutex<HashMap<(String, String), ProbeNote>>,
 }
 
 impl Controller {
@@ -86,7 +103,9 @@ impl Controller {
                 groups: HashMap::new(),
                 passive: None,
                 base_tables: HashMap::new(),
+                kills: HashMap::new(),
             }),
+            probes: Mutex::new(HashMap::new()),
         };
         ctl.rebuild(&mut ctl.lock())?;
         Ok(ctl)
@@ -120,6 +139,14 @@ impl Controller {
             inner.config = old;
             return Err(e);
         }
+        // Forget what the probes said about backends that are gone.
+        let config = inner.config.clone();
+        drop(inner);
+        self.probes().retain(|(pool, backend), _| {
+            config
+                .pool(pool)
+                .is_some_and(|p| p.backends.iter().any(|b| &b.name == backend))
+        });
         Ok(())
     }
 
@@ -170,6 +197,78 @@ impl Controller {
         self.rebuild(&mut inner)
     }
 
+    /// Ends every established connection to the backend named `name` (in every pool that has
+    /// one); new connections get a fresh token. Returns how many backends matched.
+    pub fn kill(&self, name: &str) -> Result<usize, ControlError> {
+        let mut inner = self.lock();
+        let ids: Vec<BackendId> = inner
+            .ids
+            .iter()
+            .filter(|((_, b), _)| b == name)
+            .map(|(_, id)| *id)
+            .collect();
+        if ids.is_empty() {
+            return Err(ControlError::UnknownBackend(name.to_string()));
+        }
+        for id in &ids {
+            if let Some(t) = inner.kills.remove(id) {
+                t.cancel();
+            }
+        }
+        self.rebuild(&mut inner)?;
+        Ok(ids.len())
+    }
+
+    /// Every backend name of the current config, sorted and unique (for error replies).
+    pub fn backend_names(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut v: Vec<String> = inner
+            .config
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| b.name.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn probes(&self) -> MutexGuard<'_, HashMap<(String, String), ProbeNote>> {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a probe's outcome for `status`.
+    pub fn note_probe(
+        &self,
+        pool: &str,
+        backend: &str,
+        check: &'static str,
+        verdict: &'static str,
+        detail: Option<&str>,
+    ) {
+        let mut p = self.probes();
+        let n = p
+            .entry((pool.to_string(), backend.to_string()))
+            .or_default();
+        n.last = Some((check, verdict, Instant::now()));
+        n.detail = detail.map(str::to_string);
+    }
+
+    /// Records why a backend's health state last changed, for `status`.
+    pub fn note_reason(&self, pool: &str, backend: &str, reason: String) {
+        self.probes()
+            .entry((pool.to_string(), backend.to_string()))
+            .or_default()
+            .reason = Some(reason);
+    }
+
+    /// What the probes last said about (pool, backend).
+    pub fn probe_note(&self, pool: &str, backend: &str) -> Option<ProbeNote> {
+        self.probes()
+            .get(&(pool.to_string(), backend.to_string()))
+            .cloned()
+    }
+
     /// Expires idle stick entries and publishes table sizes; run about once a second.
     pub fn housekeeping(&self, now: Instant) {
         let groups: Vec<Arc<AffinityGroup>> = self.lock().groups.values().cloned().collect();
@@ -205,7 +304,9 @@ impl Controller {
                 };
                 live_ids.push(id);
                 let st = inner.states.get(&id).copied().unwrap_or_default();
+                let kill = inner.kills.entry(id).or_default().clone();
                 backends.push(BackendView {
+                    kill,
                     id,
                     name: Arc::from(b.name.as_str()),
                     address: b.address,
@@ -284,6 +385,7 @@ impl Controller {
             .retain(|name, _| config.pools.iter().any(|p| &p.name == name));
         inner.ids.retain(|_, id| live_ids.contains(id));
         inner.states.retain(|id, _| live_ids.contains(id));
+        inner.kills.retain(|id, _| live_ids.contains(id));
 
         let mut groups: HashMap<String, Arc<AffinityGroup>> = HashMap::new();
         let mut services = Vec::with_capacity(config.services.len());

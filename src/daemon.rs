@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -21,22 +20,27 @@ use crate::metrics::{self, Metrics};
 /// How often stick tables are expired and their gauges refreshed.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
+mod plane;
+mod reload;
+
+pub use plane::Live;
+pub use reload::{Node, ReloadError, ReloadOutcome};
+
 /// A started daemon. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     pub controller: Arc<Controller>,
-    /// Every service's bound address (the real port when the config said port 0).
+    /// Every service's bound address at start (the real port when the config said port 0);
+    /// [`Running::local_addr`] follows reloads.
     pub bound: Vec<BoundService>,
     pub metrics_addr: Option<SocketAddr>,
     /// Stamped by the housekeeping loop; the systemd watchdog pings only while it is fresh.
     pub heartbeat: Arc<crate::systemd::Heartbeat>,
-    accept_stop: CancellationToken,
-    hard_stop: CancellationToken,
-    /// Listener and housekeeping tasks.
-    tasks: TaskTracker,
-    /// One task per proxied connection or UDP flow.
-    connections: TaskTracker,
+    /// The data plane, the listener set and reload; shared with the admin server.
+    node: Arc<Node>,
     /// The data-plane threads (one current-thread runtime each).
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Where the admin server listens, once [`Running::serve_admin`] ran.
+    admin_socket: Option<std::path::PathBuf>,
     /// The DNS server's addresses (UDP and TCP share each), one per `[dns] listen` entry.
     pub dns_addrs: Vec<SocketAddr>,
 }
@@ -49,11 +53,23 @@ pub struct BoundService {
 }
 
 impl Running {
+    /// Where service `service` listens now (after any reload).
     pub fn local_addr(&self, service: &str) -> Option<SocketAddr> {
-        self.bound
-            .iter()
+        self.node
+            .listeners()
+            .into_iter()
             .find(|b| b.name == service)
             .map(|b| b.addr)
+    }
+
+    /// The node: controller, listeners, reload.
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Re-reads the config file and applies it (what SIGHUP and `ctl reload` do).
+    pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        self.node.reload().await
     }
 
     /// Tells systemd (if it is listening) that every listener is bound, and starts the
@@ -64,9 +80,28 @@ impl Running {
         notifier.spawn(
             self.controller.clone(),
             self.heartbeat.clone(),
-            &self.tasks,
-            self.hard_stop.clone(),
+            &self.node.plane.tasks,
+            self.node.plane.hard_stop.clone(),
         );
+    }
+
+    /// Starts the admin server on the config's `[admin] socket` (see [`crate::admin`]).
+    pub async fn serve_admin(&mut self) -> anyhow::Result<std::path::PathBuf> {
+        let path = self.controller.config().admin.socket.clone();
+        let listener = crate::admin::bind(&path)?;
+        self.serve_admin_on(listener, path.clone());
+        Ok(path)
+    }
+
+    /// Starts the admin server on a socket bound earlier (by [`crate::admin::bind`]).
+    pub fn serve_admin_on(&mut self, listener: tokio::net::UnixListener, path: std::path::PathBuf) {
+        self.node.plane.tasks.spawn(crate::admin::serve(
+            listener,
+            self.node.clone(),
+            self.node.plane.hard_stop.clone(),
+        ));
+        info!(socket = %path.display(), "admin socket listening");
+        self.admin_socket = Some(path);
     }
 
     /// Stops accepting, waits up to `drain` for established connections to finish, then
@@ -76,12 +111,13 @@ impl Running {
             drain_s = drain.as_secs_f64(),
             "shutting down: listeners closed, draining"
         );
-        self.accept_stop.cancel();
-        self.connections.close();
-        let left = match tokio::time::timeout(drain, self.connections.wait()).await {
+        let plane = &self.node.plane;
+        plane.accept_stop.cancel();
+        plane.connections.close();
+        let left = match tokio::time::timeout(drain, plane.connections.wait()).await {
             Ok(()) => 0,
             Err(_) => {
-                let left = self.connections.len();
+                let left = plane.connections.len();
                 warn!(
                     open = left,
                     "drain timeout reached: closing remaining connections"
@@ -89,13 +125,16 @@ impl Running {
                 left
             }
         };
-        self.hard_stop.cancel();
-        self.tasks.close();
+        plane.hard_stop.cancel();
+        plane.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            self.connections.wait().await;
-            self.tasks.wait().await;
+            plane.connections.wait().await;
+            plane.tasks.wait().await;
         })
         .await;
+        if let Some(p) = &self.admin_socket {
+            let _ = std::fs::remove_file(p);
+        }
         let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
@@ -142,59 +181,42 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
     };
     let dns_spec = crate::dns::ZoneSpec::from_config(&config);
     let workers = workers.max(1);
-    // tcp[w] holds worker w's listeners: (service index, name, listener).
-    let mut tcp: Vec<Vec<(usize, String, std::net::TcpListener)>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    let mut udp = Vec::new();
-    let mut bound = Vec::new();
-    for (i, svc) in config.services.iter().enumerate() {
-        let addr = match svc.protocol {
-            Protocol::Tcp => {
-                let bind = |addr| {
-                    balancer::bind_tcp(addr, svc.backlog, workers > 1).with_context(|| {
-                        format!("service {}: cannot listen on tcp {}", svc.name, svc.listen)
-                    })
-                };
-                // The first bind settles the port (when the config says 0, in tests); the
-                // other workers' listeners join it.
-                let first = bind(svc.listen)?;
-                let a = first.local_addr()?;
-                tcp[0].push((i, svc.name.clone(), first));
-                for w in tcp.iter_mut().skip(1) {
-                    w.push((i, svc.name.clone(), bind(a)?));
-                }
-                a
-            }
-            Protocol::Udp => {
-                let s = balancer::bind_udp(svc.listen).with_context(|| {
-                    format!("service {}: cannot listen on udp {}", svc.name, svc.listen)
-                })?;
-                let s = UdpSocket::from_std(s)?;
-                let a = s.local_addr()?;
-                udp.push((i, svc.name.clone(), s));
-                a
-            }
-        };
-        bound.push(BoundService {
-            name: svc.name.clone(),
-            protocol: svc.protocol,
-            addr,
-        });
-    }
-    let controller = Arc::new(Controller::new(config, metrics.clone())?);
+    let controller = Arc::new(Controller::new(config.clone(), metrics.clone())?);
+    metrics.config_last_reload_success.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    );
     let snapshot = controller.snapshot();
     let accept_stop = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let connections = TaskTracker::new();
+    let mut orders = Vec::with_capacity(workers);
+    let mut inboxes = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        orders.push(tx);
+        inboxes.push(rx);
+    }
+    let plane = plane::Plane::new(
+        orders,
+        snapshot.clone(),
+        accept_stop.clone(),
+        hard_stop.clone(),
+        tasks.clone(),
+        connections.clone(),
+    );
+    // Every listener is bound before anything serves, so a bad address fails the start.
+    let mut bound_now = Vec::with_capacity(config.services.len());
+    for (i, svc) in config.services.iter().enumerate() {
+        bound_now.push(plane.bind(svc, i)?);
+    }
     let mut threads = Vec::with_capacity(workers);
-    for (w, listeners) in tcp.into_iter().enumerate() {
-        let (snapshot, accept_stop, hard_stop, connections) = (
-            snapshot.clone(),
-            accept_stop.clone(),
-            hard_stop.clone(),
-            connections.clone(),
-        );
+    for (w, inbox) in inboxes.into_iter().enumerate() {
+        let (snapshot, hard_stop, connections) =
+            (snapshot.clone(), hard_stop.clone(), connections.clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -202,46 +224,22 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         let t = std::thread::Builder::new()
             .name(format!("portico-dp{w}"))
             .spawn(move || {
-                rt.block_on(async move {
-                    tokio::spawn(balancer::timer_anchor());
-                    for (i, name, l) in listeners {
-                        match TcpListener::from_std(l) {
-                            Ok(l) => {
-                                tokio::spawn(balancer::serve_tcp(
-                                    l,
-                                    Arc::from(name.as_str()),
-                                    i,
-                                    snapshot.clone(),
-                                    accept_stop.clone(),
-                                    hard_stop.clone(),
-                                    connections.clone(),
-                                ));
-                            }
-                            Err(error) => {
-                                warn!(service = %name, %error, "cannot register listener")
-                            }
-                        }
-                    }
-                    // Connections live on this thread's runtime: keep it running until the
-                    // drain is over and every relay has ended.
-                    hard_stop.cancelled().await;
-                    connections.wait().await;
-                });
+                rt.block_on(plane::worker(inbox, snapshot, hard_stop, connections));
             })
             .context("starting a data-plane thread")?;
         threads.push(t);
     }
-    for (i, name, s) in udp {
-        tasks.spawn(balancer::serve_udp(
-            s,
-            Arc::from(name.as_str()),
-            i,
-            snapshot.clone(),
-            accept_stop.clone(),
-            connections.clone(),
-        ));
+    let mut bound = Vec::with_capacity(bound_now.len());
+    for b in bound_now {
+        bound.push(BoundService {
+            name: b.name.clone(),
+            protocol: b.protocol,
+            addr: b.addr,
+        });
+        plane.serve(b)?;
     }
-    crate::health::spawn(&controller, &tasks, hard_stop.child_token()).context("health checks")?;
+    let node = Arc::new(Node::new(plane, controller.clone()));
+    node.start_health().context("health checks")?;
     let dns_addrs = match (dns, dns_spec) {
         (Some(bound), Some(spec)) => {
             let addrs = bound.addrs.clone();
@@ -282,9 +280,6 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
             }
         });
     }
-    for b in &bound {
-        info!(service = %b.name, protocol = b.protocol.as_str(), addr = %b.addr, "listening");
-    }
     if let Some(a) = metrics_addr {
         info!(addr = %a, "metrics at http://{a}/metrics");
     }
@@ -293,25 +288,34 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         bound,
         metrics_addr,
         heartbeat,
-        accept_stop,
-        hard_stop,
-        tasks,
-        connections,
+        node,
         threads,
+        admin_socket: None,
         dns_addrs,
     })
 }
 
-/// Runs until SIGTERM or SIGINT, then drains for the configured time.
+/// Runs until SIGTERM or SIGINT (SIGHUP reloads), then drains for the configured time.
 pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     let drain = config.balancer.drain_timeout;
-    // Handlers before READY=1: systemd may send SIGTERM the moment it hears READY, and
-    // without a handler that signal kills the process instead of draining it.
+    // What can fail for want of descriptors or rights is set up before the listeners take
+    // clients: the admin socket and the signal handlers. Handlers also come before READY=1:
+    // systemd may send SIGTERM the moment it hears READY, and without a handler that signal
+    // kills the process instead of draining it.
+    let admin_path = config.admin.socket.clone();
+    let admin = crate::admin::bind(&admin_path)?;
     let signals = Signals::install()?;
-    let running = start_with(config, workers).await?;
+    let mut running = match start_with(config, workers).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&admin_path);
+            return Err(e);
+        }
+    };
+    running.serve_admin_on(admin, admin_path);
     let notifier = crate::systemd::Notifier::from_env();
     running.notify_ready(&notifier);
-    signals.wait().await;
+    signals.serve_notifying(&running, &notifier).await?;
     notifier.stopping();
     let left = running.shutdown(drain).await;
     info!(closed_by_timeout = left, "stopped");
@@ -324,10 +328,17 @@ pub async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT handlers, installed now and awaited later.
+/// Serves until SIGTERM or SIGINT; every SIGHUP reloads the config file (a bad file keeps the
+/// old config; the fault is logged and counted).
+pub async fn run_until_stopped(running: &Running) -> anyhow::Result<()> {
+    Signals::install()?.serve(running).await
+}
+
+/// The signal handlers of a running node, installed before it serves.
 pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -336,14 +347,48 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
 
-    /// Resolves on the first SIGTERM or SIGINT (also one that arrived since `install`).
+    /// Resolves on the first SIGTERM or SIGINT (SIGHUP ignored: nothing to reload).
     pub async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => info!("SIGTERM received"),
-            _ = self.int.recv() => info!("SIGINT received"),
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM received"); return; }
+                _ = self.int.recv() => { info!("SIGINT received"); return; }
+                _ = self.hup.recv() => info!("SIGHUP received: no config to reload here"),
+            }
+        }
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    pub async fn serve(self, running: &Running) -> anyhow::Result<()> {
+        self.serve_notifying(running, &crate::systemd::Notifier::from_env())
+            .await
+    }
+
+    /// [`Signals::serve`], telling systemd RELOADING=1 before a reload and READY=1 (with the
+    /// new STATUS) after it, as `Type=notify` reloads expect.
+    pub async fn serve_notifying(
+        mut self,
+        running: &Running,
+        notifier: &crate::systemd::Notifier,
+    ) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM received"); return Ok(()); }
+                _ = self.int.recv() => { info!("SIGINT received"); return Ok(()); }
+                _ = self.hup.recv() => {
+                    info!("SIGHUP received: reloading the config");
+                    notifier.reloading();
+                    // The outcome is logged and counted by reload itself.
+                    let _ = running.reload().await;
+                    notifier.ready(&crate::systemd::status_line(
+                        &running.controller.snapshot().load(),
+                    ));
+                }
+            }
         }
     }
 }

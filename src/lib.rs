@@ -32,12 +32,16 @@
 //!   channel relay, fault injection, verdict records) for tests, the lab and drills.
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
-//! - [`cli`]: subcommands beyond wiring (`portico token ...`, `portico probe`), returning
-//!   text and status.
+//! - [`cli`]: subcommands beyond wiring (`portico token ...`, `portico probe`, `portico ctl`,
+//!   `portico drill`), returning text and status.
 //! - [`systemd`]: `Type=notify` support: READY/STATUS/RELOADING/STOPPING and watchdog pings
 //!   that stop when the housekeeping loop stalls; no-ops without `NOTIFY_SOCKET`.
-//! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
+//! - [`daemon`]: wires the parts together for `portico run` and `portico lab`; the live
+//!   listener set (services added and removed by reload) and reload itself.
+//! - [`admin`]: the admin socket (newline-delimited JSON): status, drain, disable, enable,
+//!   reload, vrrp; its client for `portico ctl` and the drills.
 
+pub mod admin;
 pub mod affinity;
 pub mod balancer;
 pub mod check;

@@ -92,6 +92,139 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Talk to a running daemon over its admin socket (exit 1: error reply, 2: unreachable).
+    Ctl {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[command(subcommand)]
+        command: CtlArg,
+    },
+    /// Run a failover drill against a live node; prints a timeline, exits 1 if an
+    /// expectation failed.
+    Drill {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[command(subcommand)]
+        command: DrillArg,
+    },
+}
+
+/// Where the admin socket is.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// Read `[admin] socket` from this config file.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The admin socket itself (default /run/portico/admin.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CtlArg {
+    /// Node, VRRP, services and every backend's state, connections and last probe.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The status table, redrawn every second until Ctrl-C.
+    Watch {
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many frames.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// No new clients; clients pinned by affinity keep reaching it (NLB drainstop).
+    Drain {
+        backend: String,
+    },
+    /// No new connections at all.
+    Disable {
+        backend: String,
+        /// Also close its established connections.
+        #[arg(long)]
+        kill: bool,
+    },
+    Enable {
+        backend: String,
+    },
+    /// Re-read the config file (as SIGHUP does); a bad file keeps the old config.
+    Reload,
+    /// VRRP: `demote` hands the VIP to the peer, `resume` takes part again.
+    Vrrp {
+        #[arg(value_parser = ["demote", "resume"])]
+        action: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct DrillOpts {
+    /// Existing clients, and as many new ones (distinct loopback source addresses).
+    #[arg(long, default_value_t = 12)]
+    clients: u8,
+    /// Longest time a client may see no answer.
+    #[arg(long, default_value_t = 1000)]
+    max_gap_ms: u64,
+    /// How long to follow the gateway's connections down to 0.
+    #[arg(long, default_value_t = 10)]
+    drain_wait_s: u64,
+    /// Leave the gateway drained/disabled afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+impl DrillOpts {
+    fn args(
+        &self,
+        kind: portico::cli::drill::DrillKind,
+        backend: String,
+    ) -> portico::cli::drill::DrillArgs {
+        portico::cli::drill::DrillArgs {
+            kind,
+            backend,
+            clients: self.clients,
+            max_gap: std::time::Duration::from_millis(self.max_gap_ms),
+            drain_wait: std::time::Duration::from_secs(self.drain_wait_s),
+            keep: self.keep,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DrillArg {
+    /// Drain a gateway: new clients go elsewhere, pinned clients stay, nothing is lost.
+    Drain {
+        backend: String,
+        #[command(flatten)]
+        opts: DrillOpts,
+    },
+    /// Disable a gateway: it gets nothing, pinned clients move.
+    Disable {
+        backend: String,
+        /// Close its established connections too.
+        #[arg(long)]
+        kill: bool,
+        #[command(flatten)]
+        opts: DrillOpts,
+    },
+    /// Demote this node's VRRP and measure how long the VIP stays silent.
+    VipHandover {
+        /// The VIP and a service port on it.
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        /// Ask over UDP (a service answering datagrams) instead of TCP connects.
+        #[arg(long)]
+        udp: bool,
+        #[arg(long, default_value_t = 3000)]
+        max_gap_ms: u64,
+        /// How long to watch after the demote.
+        #[arg(long, default_value_t = 5)]
+        watch_s: u64,
+        /// Stay demoted afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -225,6 +358,64 @@ fn main() -> ExitCode {
                 json,
             }))
         }
+        Command::Ctl { target, command } => admin_command(&target, |path| async move {
+            use portico::cli::ctl::{self, CtlCommand};
+            let cmd = match command {
+                CtlArg::Watch { interval_ms, count } => {
+                    let every = std::time::Duration::from_millis(interval_ms.max(100));
+                    return ctl::watch(&path, every, count).await;
+                }
+                CtlArg::Status { json } => CtlCommand::Status { json },
+                CtlArg::Drain { backend } => CtlCommand::Drain { backend },
+                CtlArg::Disable { backend, kill } => CtlCommand::Disable { backend, kill },
+                CtlArg::Enable { backend } => CtlCommand::Enable { backend },
+                CtlArg::Reload => CtlCommand::Reload,
+                CtlArg::Vrrp { action } => CtlCommand::Vrrp {
+                    action: if action == "demote" {
+                        portico::admin::proto::VrrpAction::Demote
+                    } else {
+                        portico::admin::proto::VrrpAction::Resume
+                    },
+                },
+            };
+            ctl::run(&path, cmd).await
+        }),
+        Command::Drill { target, command } => admin_command(&target, |path| async move {
+            use portico::cli::drill::{self, DrillKind, HandoverArgs};
+            match command {
+                DrillArg::Drain { backend, opts } => {
+                    drill::run(&path, &opts.args(DrillKind::Drain, backend), true).await
+                }
+                DrillArg::Disable {
+                    backend,
+                    kill,
+                    opts,
+                } => {
+                    drill::run(
+                        &path,
+                        &opts.args(DrillKind::Disable { kill }, backend),
+                        true,
+                    )
+                    .await
+                }
+                DrillArg::VipHandover {
+                    target,
+                    udp,
+                    max_gap_ms,
+                    watch_s,
+                    keep,
+                } => {
+                    let a = HandoverArgs {
+                        target,
+                        udp,
+                        max_gap: std::time::Duration::from_millis(max_gap_ms),
+                        watch: std::time::Duration::from_secs(watch_s),
+                        keep,
+                    };
+                    drill::vip_handover(&path, &a, true).await
+                }
+            }
+        }),
         Command::SimGateway {
             listen,
             cert,
@@ -341,6 +532,30 @@ fn token(cmd: TokenCommand) -> portico::cli::Outcome {
             key,
         } => t::keygen(&cn, days, &cert, &key),
     }
+}
+
+/// Resolves the admin socket and runs `f` on a small runtime.
+fn admin_command<F, Fut>(target: &AdminTarget, f: F) -> ExitCode
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = portico::cli::Outcome>,
+{
+    let path =
+        match portico::cli::ctl::socket_path(target.socket.as_deref(), target.config.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("portico: {e}");
+                return ExitCode::from(portico::cli::ctl::EXIT_UNREACHABLE);
+            }
+        };
+    let rt = match runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portico: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    finish(rt.block_on(f(path)))
 }
 
 fn finish(o: portico::cli::Outcome) -> ExitCode {

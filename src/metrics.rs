@@ -54,6 +54,9 @@ pub const DNS_QUERIES: &str = "portico_dns_queries_total";
 pub const DNS_ANSWER_DURATION: &str = "portico_dns_answer_duration_seconds";
 pub const DNS_MALFORMED: &str = "portico_dns_malformed_total";
 pub const DNS_ALIAS_ADDRESSES: &str = "portico_dns_alias_addresses";
+pub const CONFIG_RELOADS: &str = "portico_config_reloads_total";
+pub const CONFIG_RELOAD_FAILURES: &str = "portico_config_reload_failures_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "portico_config_last_reload_success_timestamp_seconds";
 
 /// Why a client connection got no backend at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +155,11 @@ pub struct Metrics {
     pub dns_answer_duration: HistogramVec,
     pub dns_malformed: IntCounterVec,
     pub dns_alias_addresses: IntGauge,
+    /// `result` = success / failure (SIGHUP and `ctl reload` alike).
+    pub config_reloads: IntCounterVec,
+    pub config_reload_failures: IntCounter,
+    /// Unix seconds of the last successful load (the start counts as one).
+    pub config_last_reload_success: IntGauge,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -297,6 +305,32 @@ impl Metrics {
                 "1 while every backend of the pool rejects the probe token: the signing side (certificate, trust list, clock) is suspect and states are kept (fail-static).",
                 &["pool"],
             ),
+            config_reloads: counter(
+                &reg,
+                CONFIG_RELOADS,
+                "Configuration reloads (SIGHUP or ctl reload) by result.",
+                &["result"],
+            ),
+            config_reload_failures: {
+                let c = IntCounter::new(
+                    CONFIG_RELOAD_FAILURES,
+                    "Configuration reloads that failed; the previous configuration stays in force.",
+                )
+                .expect("static metric definition");
+                reg.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            config_last_reload_success: {
+                let g = IntGauge::new(
+                    CONFIG_LAST_RELOAD_SUCCESS,
+                    "When the configuration in force was loaded (start or last successful reload), unix seconds.",
+                )
+                .expect("static metric definition");
+                reg.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             connections_accepted: counter(&reg, CONNECTIONS_ACCEPTED, "Client connections accepted.", &["service"]),
             connections_active: gauge(&reg, CONNECTIONS_ACTIVE, "Client connections open now.", &["service"]),
             connections_failed: counter(

@@ -67,6 +67,9 @@ pub struct BackendView {
     pub weight: NonZeroU32,
     pub admin: AdminState,
     pub health: HealthState,
+    /// Fired by `disable --kill`: every relay to this backend selects on it, so established
+    /// connections end at once. One clone per connection (a reference count), nothing more.
+    pub kill: tokio_util::sync::CancellationToken,
 }
 
 impl BackendView {

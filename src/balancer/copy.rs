@@ -56,6 +56,8 @@ pub enum RelayEnd {
     Error,
     /// The daemon's hard-stop token fired (drain timeout over).
     Cancelled,
+    /// The operator disabled the backend with `--kill`.
+    Killed,
 }
 
 /// Bytes moved each way.
@@ -66,7 +68,7 @@ pub struct Relayed {
 }
 
 /// Relays until both directions are closed, the idle timeout passes, an error occurs or
-/// `cancel` fires. Half-close is passed on: EOF from one side becomes a write shutdown on the
+/// `cancel` fires (or `kill`, the backend's own token). Half-close is passed on: EOF from one side becomes a write shutdown on the
 /// other, and the reverse direction keeps flowing.
 pub async fn relay(
     client: &mut TcpStream,
@@ -75,6 +77,7 @@ pub async fn relay(
     to_backend: &IntCounter,
     to_client: &IntCounter,
     cancel: &CancellationToken,
+    kill: &CancellationToken,
 ) -> (RelayEnd, Relayed) {
     let base = Instant::now();
     let last = AtomicU64::new(0);
@@ -112,6 +115,7 @@ pub async fn relay(
                 idle_sleep.as_mut().reset(last_at + idle);
             }
             _ = cancel.cancelled() => break RelayEnd::Cancelled,
+            _ = kill.cancelled() => break RelayEnd::Killed,
         }
         if up_done && down_done {
             break RelayEnd::Closed;

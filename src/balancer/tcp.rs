@@ -87,6 +87,7 @@ struct Connected {
     stream: TcpStream,
     backend: Arc<str>,
     counters: Arc<BackendCounters>,
+    kill: CancellationToken,
 }
 
 async fn handle(
@@ -119,12 +120,15 @@ async fn handle(
             &c.counters.bytes_to_backend,
             &c.counters.bytes_to_client,
             &hard_stop,
+            &c.kill,
         )
         .await;
         c.counters.active.dec();
         debug!(backend = %c.backend, ?end, to_backend = moved.to_backend, to_client = moved.to_client, "closed");
         if end == RelayEnd::Cancelled {
             debug!("closed by shutdown after the drain timeout");
+        } else if end == RelayEnd::Killed {
+            debug!(backend = %c.backend, "closed: backend disabled with kill");
         }
     }
     counters.active.dec();
@@ -175,6 +179,7 @@ async fn connect(
                     stream,
                     backend: b.name.clone(),
                     counters: counters.clone(),
+                    kill: b.kill.clone(),
                 });
             }
             Ok(Err(e)) => ConnectFailure::from_io(&e),

@@ -143,6 +143,7 @@ pub async fn serve_udp(
             bc,
             c.udp_drops_to_client.clone(),
             accept_stop.clone(),
+            b.kill.clone(),
         ));
         flows.insert(peer, flow);
         c.udp_flows_active.set(flows.len() as i64);
@@ -176,12 +177,15 @@ async fn relay_back(
     counters: Arc<BackendCounters>,
     drops: prometheus::IntCounter,
     stop: CancellationToken,
+    kill: CancellationToken,
 ) {
     let idle_sleep = tokio::time::sleep(idle);
     tokio::pin!(idle_sleep);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            // `disable --kill`: the flow ends; the client's next datagram is placed afresh.
+            _ = kill.cancelled() => break,
             _ = &mut idle_sleep => {
                 let last_at = started + Duration::from_millis(last.load(Ordering::Relaxed));
                 if last_at.elapsed() >= idle {

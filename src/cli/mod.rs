@@ -1,6 +1,8 @@
 //! Subcommands that are more than wiring: each takes its parsed arguments and returns what to
 //! print and the exit status, so `main.rs` stays thin and tests can call them directly.
 
+pub mod ctl;
+pub mod drill;
 pub mod probe;
 pub mod sim;
 pub mod token;

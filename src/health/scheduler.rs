@@ -260,6 +260,13 @@ impl Backend {
             .with_label_values(&[&*self.name, "passive", Verdict::ConnectFailed.as_str()])
             .inc();
         self.sync_published();
+        self.controller.note_probe(
+            &self.pool,
+            &self.name,
+            "passive",
+            Verdict::ConnectFailed.as_str(),
+            Some("data-plane connect failed"),
+        );
         debug!("passive: data-plane connect failed");
         if self.tiers.is_empty() {
             return;
@@ -369,6 +376,13 @@ impl Backend {
         for w in &r.warnings {
             warn!(warning = %w, "health.probe certificate warning: still eligible");
         }
+        self.controller.note_probe(
+            &self.pool,
+            &self.name,
+            check,
+            r.verdict.as_str(),
+            r.detail.as_deref(),
+        );
         self.sync_published();
         // Fail-static bookkeeping: the token tier's verdicts, and any other tier's failures
         // (a backend failing a cheaper check is down for its own reasons, not the token's).
@@ -497,6 +511,12 @@ impl Backend {
             .backend_state_changes
             .with_label_values(&[&*self.pool, &*self.name])
             .inc();
+        let why = if reason.is_empty() {
+            format!("{verdict} ({check})")
+        } else {
+            format!("{verdict} ({check}): {reason}")
+        };
+        self.controller.note_reason(&self.pool, &self.name, why);
         self.state = to;
         {
             let mut sh = self.shared();

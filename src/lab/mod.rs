@@ -239,7 +239,8 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     let config = crate::config::parse(&text, &config_path)
         .map_err(|e| anyhow::anyhow!("lab config invalid:\n{e}"))?;
     let drain = config.balancer.drain_timeout;
-    let running = crate::daemon::start(config).await?;
+    let mut running = crate::daemon::start(config).await?;
+    running.serve_admin().await?;
 
     // A console .rdp as a portal would hand it out, valid for an hour (VMM's longest TTL).
     let mut req = MintRequest::new(HYPERV_HOST);
@@ -282,6 +283,11 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
         println!("  dns       {d} (zone lab.test.: {ALIAS}, web01..web03.lab.test)");
     }
     println!("  rdp file  {}", path("console.rdp").display());
+    println!(
+        "  admin     {} (portico ctl --socket {} status; drills: portico drill drain web01 --socket ...)",
+        admin_socket.display(),
+        admin_socket.display()
+    );
     println!();
     println!("Try:");
     println!(
@@ -304,7 +310,7 @@ pub async fn run(opts: LabOptions) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops the lab.");
 
-    signals.wait().await;
+    signals.serve(&running).await?;
     running.shutdown(drain).await;
     stop.cancel();
     for (_, gw, ctl) in &gateways {
