@@ -481,13 +481,19 @@ fn run_works_unprivileged_with_only_the_three_capabilities() {
         .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port below 1024");
     let service: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The admin socket's directory belongs to the service user, as systemd's
+    // RuntimeDirectory= would make it.
+    let run_dir = dir.0.join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&run_dir, Some(65534), Some(65534)).unwrap();
     let config = dir.0.join("portico.toml");
     std::fs::write(
         &config,
         format!(
             "[node]\nname = \"sd-priv\"\n[[service]]\nname = \"web\"\nlisten = \"{service}\"\npool = \"p\"\n[pool.p]\nbackends = [{{ name = \"b1\", address = \"{}\" }}]\n[pool.p.health]\nchecks = [\"tcp\"]\n[balancer]\ndrain_timeout_s = 1\n[metrics]\nlisten = \"off\"\n[admin]\nsocket = \"{}\"\n",
             backend.local_addr().unwrap(),
-            dir.0.join("admin.sock").display()
+            run_dir.join("admin.sock").display()
         ),
     )
     .unwrap();
