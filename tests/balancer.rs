@@ -112,7 +112,19 @@ async fn a_clients_udp_flow_reaches_the_gateway_of_its_tcp_channels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateways_clients_retry_elsewhere_and_other_connections_live_on() {
-    let (gws, d) = farm([1, 1, 1]).await;
+    let gws = gateways(&["web01", "web02", "web03"]).await;
+    let mut cfg = config(&[
+        ("web01", gws[0].addr, 1),
+        ("web02", gws[1].addr, 1),
+        ("web03", gws[2].addr, 1),
+    ]);
+    // Only the data plane may notice the dead gateway here (retries, then passive checks): a
+    // probe landing between the kill and the reconnects would take web02 out first and leave
+    // nothing to retry.
+    let slow = Duration::from_secs(600);
+    cfg.pools[0].health.interval = slow;
+    cfg.pools[0].health.intervals = portico::config::CheckIntervals::all(slow);
+    let d = portico::daemon::start(cfg).await.expect("daemon starts");
     let vip = d.local_addr("rdgw-https").unwrap();
 
     // 30 clients with a kept-alive channel each.
