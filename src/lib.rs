@@ -30,6 +30,8 @@
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
 //! - [`cli`]: subcommands beyond wiring (`portico token ...`), returning text and status.
+//! - [`dsr`]: direct server return: the AF_PACKET forwarder for `forwarding = "dsr"`
+//!   services (frame parsing, flow table, ARP for the VIP, MAC rewrite).
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
 
 pub mod affinity;
@@ -39,6 +41,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod dsr;
 pub mod health;
 pub mod lab;
 pub mod maglev;

@@ -49,6 +49,15 @@ pub const BACKEND_STATE_CHANGES: &str = "portico_backend_state_changes_total";
 pub const BACKEND_CERT_NOT_AFTER: &str = "portico_backend_cert_not_after_seconds";
 pub const BACKEND_CLOCK_SKEW: &str = "portico_backend_clock_skew_seconds";
 pub const PROBE_CREDENTIAL_SUSPECT: &str = "portico_probe_credential_suspect";
+// The dsr forwarder's families (registered by `crate::dsr::metrics` when a forwarder starts).
+pub const DSR_PACKETS: &str = "portico_dsr_packets_total";
+pub const DSR_BYTES: &str = "portico_dsr_bytes_total";
+pub const DSR_FLOWS: &str = "portico_dsr_flows";
+pub const DSR_FLOW_MISSES: &str = "portico_dsr_flow_misses_total";
+pub const DSR_DROPS: &str = "portico_dsr_drops_total";
+pub const DSR_PASSED: &str = "portico_dsr_frames_passed_total";
+pub const DSR_ARP_REPLIES: &str = "portico_dsr_arp_replies_total";
+pub const DSR_ACTIVE: &str = "portico_dsr_active";
 
 /// Why a client connection got no backend at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
