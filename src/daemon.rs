@@ -35,6 +35,8 @@ pub struct Running {
     connections: TaskTracker,
     /// The data-plane threads (one current-thread runtime each).
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The forwarder of the `forwarding = "dsr"` services, if any (VRRP drives its active flag).
+    pub dsr: Option<crate::dsr::forwarder::Forwarder>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +62,10 @@ impl Running {
             "shutting down: listeners closed, draining"
         );
         self.accept_stop.cancel();
+        if let Some(dsr) = self.dsr {
+            // Frames are not connections: nothing to drain; the peer's Maglev takes over.
+            dsr.stop();
+        }
         self.connections.close();
         let left = match tokio::time::timeout(drain, self.connections.wait()).await {
             Ok(()) => 0,
@@ -124,6 +130,10 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
     let mut udp = Vec::new();
     let mut bound = Vec::new();
     for (i, svc) in config.services.iter().enumerate() {
+        if svc.forwarding == crate::config::Forwarding::Dsr {
+            // No socket: the dsr forwarder reads its frames (started below).
+            continue;
+        }
         let addr = match svc.protocol {
             Protocol::Tcp => {
                 let bind = |addr| {
@@ -159,6 +169,11 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
     }
     let controller = Arc::new(Controller::new(config, metrics.clone())?);
     let snapshot = controller.snapshot();
+    let dsr = crate::dsr::forwarder::start_for(
+        &controller.config(),
+        snapshot.clone(),
+        &metrics.registry,
+    )?;
     let accept_stop = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -253,6 +268,7 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         tasks,
         connections,
         threads,
+        dsr,
     })
 }
 

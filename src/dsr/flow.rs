@@ -11,7 +11,7 @@
 //! while the backend set changes: after a hand-over the new master starts empty and Maglev
 //! gives the same backend anyway while the set is unchanged (docs/dsr.md).
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 
 use super::packet::FiveTuple;
 use crate::snapshot::BackendId;
@@ -60,9 +60,7 @@ impl FlowTable {
     }
 
     fn bucket(&self, t: &FiveTuple) -> std::ops::Range<usize> {
-        let mut h = self.hasher.build_hasher();
-        t.hash(&mut h);
-        let b = (h.finish() as usize) & (self.buckets - 1);
+        let b = (self.hasher.hash_one(t) as usize) & (self.buckets - 1);
         b * WAYS..b * WAYS + WAYS
     }
 

@@ -570,8 +570,8 @@ mod tests {
             let orig = classify(&f, &t);
             if let Some(b) = f.get_mut(at) { *b = val; }
             let len = f.len().saturating_sub(cut);
-            match classify(&f[..len], &t) {
-                Class::Forward { target, tuple } => {
+            if let Class::Forward { target, tuple } = classify(&f[..len], &t) {
+                {
                     let Class::Forward { tuple: o, .. } = orig else { unreachable!() };
                     prop_assert_eq!(t[target].vip, tuple.dst);
                     prop_assert_eq!(t[target].port, tuple.dst_port);
@@ -581,7 +581,6 @@ mod tests {
                         prop_assert_eq!(tuple, o);
                     }
                 }
-                _ => {}
             }
         }
     }
