@@ -458,6 +458,19 @@ backends = [
     }
 
     #[test]
+    fn flows_are_counted_and_expire_after_their_idle_time() {
+        let (c, mut e, _) = setup();
+        for n in 1..5 {
+            send(&c, &mut e, client(n), 40000, Protocol::Tcp, 443).unwrap();
+        }
+        e.housekeeping(2000);
+        assert_eq!(e.flows().len(), 4);
+        assert_eq!(e.metrics.flows.get(), 4);
+        e.housekeeping(1000 + 60_001);
+        assert_eq!(e.metrics.flows.get(), 0);
+    }
+
+    #[test]
     fn same_choice_on_another_node_without_shared_state() {
         let (c1, mut e1, _) = setup();
         let (c2, mut e2, _) = setup();

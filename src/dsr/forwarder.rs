@@ -6,6 +6,13 @@
 //! and IPv4 packets to a VIP, so the rest of the segment's traffic never reaches user space.
 //! `PACKET_IGNORE_OUTGOING` keeps our own sent frames (and the host's) out of the socket.
 //!
+//! `PACKET_VNET_HDR` makes the kernel describe each frame's offload state in a virtio-net
+//! header, which the forwarder hands back unchanged when it sends the frame on. Without it,
+//! frames from a local sender or a virtual NIC (veth, virtio) arrive with the TCP/UDP checksum
+//! not yet computed (checksum offload) and would reach the backend with a bad checksum, and a
+//! GRO-merged frame would be too long to send; with it the kernel or the NIC completes the
+//! checksum and re-segments on the way out, as for its own packets.
+//!
 //! The forwarder runs whether or not this node is master, and forwards only while its
 //! *active* flag is set ([`Forwarder::set_active`], for VRRP to drive): inactive, it reads and
 //! discards (so its socket buffer never holds stale frames for a later term) and answers no
@@ -34,9 +41,13 @@ use crate::snapshot::Snapshot;
 
 /// Frames per `recvmmsg` / `sendmmsg`.
 pub const BATCH: usize = 64;
-/// Room per frame: a jumbo frame plus a VLAN tag. A longer frame arrives cut
-/// (`MSG_TRUNC`) and is dropped as truncated rather than forwarded short.
-const FRAME_ROOM: usize = 9216 + 18;
+/// Room per frame: the virtio-net header, then up to 64 KiB (a GRO-merged frame, which the
+/// kernel segments again on send). A longer frame arrives cut (`MSG_TRUNC`) and is dropped as
+/// truncated rather than forwarded short.
+const FRAME_ROOM: usize = VNET_HDR + 65_536;
+/// `struct virtio_net_hdr` (PACKET_VNET_HDR): every frame read and written is prefixed by it.
+const VNET_HDR: usize = 10;
+const PACKET_VNET_HDR: libc::c_int = 15;
 /// How long a read waits before the loop looks at its flags and timers.
 const POLL: Duration = Duration::from_millis(50);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
@@ -310,8 +321,11 @@ fn run(
                 announce_at.remove(0);
                 let mut i = 0;
                 while let Some(len) = engine.announcement(i, &mut out) {
-                    if sock.send_one(out.get(..len).unwrap_or(&[])).is_ok() {
-                        metrics.arp_replies.inc();
+                    match sock.send_one(out.get(..len).unwrap_or(&[])) {
+                        Ok(()) => metrics.arp_replies.inc(),
+                        Err(e) => {
+                            warn!(interface = %iface, error = %e, "dsr: cannot announce the VIP")
+                        }
                     }
                     i += 1;
                 }
@@ -446,6 +460,7 @@ impl PacketSocket {
             tv_usec: libc::suseconds_t::try_from(POLL.as_micros()).unwrap_or(50_000),
         };
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+        setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &1 as &libc::c_int)?;
         // SAFETY: all-zero is a valid sockaddr_ll.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -509,7 +524,8 @@ impl PacketSocket {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    /// The `i`th frame of the last batch and whether it was cut short.
+    /// The `i`th frame of the last batch (after its virtio-net header) and whether it was cut
+    /// short.
     fn frame_mut(&mut self, i: usize) -> (&mut [u8], bool) {
         let (len, trunc) = self.rx_msgs.get(i).map_or((0, false), |m| {
             (
@@ -518,11 +534,12 @@ impl PacketSocket {
             )
         });
         match self.bufs.get_mut(i) {
-            Some(b) => {
+            // The frame follows its virtio-net header; the header stays for the send.
+            Some(b) if len >= VNET_HDR => {
                 let len = len.min(b.len());
-                (&mut b[..len], trunc)
+                (&mut b[VNET_HDR..len], trunc)
             }
-            None => (&mut [], true),
+            _ => (&mut [], true),
         }
     }
 
@@ -558,9 +575,16 @@ impl PacketSocket {
         sent
     }
 
+    /// Sends a frame we built (ARP), behind an all-zero virtio-net header (no offload).
     fn send_one(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is a live buffer of the given length.
-        let r = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        let mut buf = [0u8; VNET_HDR + 128];
+        let len = VNET_HDR + frame.len();
+        let Some(dst) = buf.get_mut(VNET_HDR..len) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        dst.copy_from_slice(frame);
+        // SAFETY: `buf` is a live buffer of at least `len` bytes.
+        let r = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), len, 0) };
         if r < 0 {
             Err(io::Error::last_os_error())
         } else {
