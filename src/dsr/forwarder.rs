@@ -48,6 +48,7 @@ const FRAME_ROOM: usize = VNET_HDR + 65_536;
 /// `struct virtio_net_hdr` (PACKET_VNET_HDR): every frame read and written is prefixed by it.
 const VNET_HDR: usize = 10;
 const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
 /// How long a read waits before the loop looks at its flags and timers.
 const POLL: Duration = Duration::from_millis(50);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
@@ -335,6 +336,9 @@ fn run(
             next_housekeeping = now + HOUSEKEEPING_EVERY;
             engine.sync(&snapshot.load());
             engine.housekeeping(now_ms);
+            if let Some(c) = metrics.drops.get(DropReason::RxOverflow.index()) {
+                c.inc_by(sock.rx_dropped());
+            }
             if let Ok(text) = std::fs::read_to_string("/proc/net/arp") {
                 for (ip, mac) in arp::proc_net_arp(&text, &iface) {
                     engine.learn(ip, mac);
@@ -461,6 +465,14 @@ impl PacketSocket {
         };
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
         setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &1 as &libc::c_int)?;
+        // Frames we send are already final: skip the qdisc layer (the NIC's own queue
+        // still applies).
+        let _ = setsockopt(
+            &fd,
+            libc::SOL_PACKET,
+            PACKET_QDISC_BYPASS,
+            &1 as &libc::c_int,
+        );
         // SAFETY: all-zero is a valid sockaddr_ll.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -573,6 +585,31 @@ impl PacketSocket {
             sent += usize::try_from(r).unwrap_or(0);
         }
         sent
+    }
+
+    /// Frames the kernel dropped for want of receive-buffer room since the last call
+    /// (PACKET_STATISTICS resets on read).
+    fn rx_dropped(&self) -> u64 {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `st` is a live tpacket_stats and `len` its size.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            u64::from(st.tp_drops)
+        } else {
+            0
+        }
     }
 
     /// Sends a frame we built (ARP), behind an all-zero virtio-net header (no offload).

@@ -71,10 +71,13 @@ pub enum DropReason {
     NoService,
     /// The send to the interface failed.
     SendFailed,
+    /// The kernel dropped it before we read it: the socket's receive buffer was full (the
+    /// forwarder thread did not keep up).
+    RxOverflow,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Truncated,
         DropReason::Fragment,
         DropReason::BadHeader,
@@ -83,6 +86,7 @@ impl DropReason {
         DropReason::NoNeighbour,
         DropReason::NoService,
         DropReason::SendFailed,
+        DropReason::RxOverflow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +99,7 @@ impl DropReason {
             DropReason::NoNeighbour => "no-neighbour",
             DropReason::NoService => "no-service",
             DropReason::SendFailed => "send-failed",
+            DropReason::RxOverflow => "rx-overflow",
         }
     }
 
@@ -295,6 +300,39 @@ pub fn rewrite_macs(frame: &mut [u8], dst: Mac, src: Mac) -> bool {
         }
         None => false,
     }
+}
+
+/// The fuzz entry (fuzz/fuzz_targets/dsr_frame.rs): classification and ARP parsing of any
+/// bytes must not panic, and a forwarded frame's tuple must match its target.
+pub fn fuzz_frame(data: &[u8]) {
+    let targets = [
+        Target {
+            vip: IpAddr::V4(Ipv4Addr::new(10, 200, 0, 100)),
+            port: 443,
+            protocol: Protocol::Tcp,
+            service: 0,
+        },
+        Target {
+            vip: IpAddr::V4(Ipv4Addr::new(10, 200, 0, 100)),
+            port: 3391,
+            protocol: Protocol::Udp,
+            service: 1,
+        },
+        Target {
+            vip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100)),
+            port: 3391,
+            protocol: Protocol::Udp,
+            service: 2,
+        },
+    ];
+    if let Class::Forward { target, tuple } = classify(data, &targets) {
+        let t = targets.get(target).copied();
+        assert_eq!(
+            t.map(|t| (t.vip, t.port, t.protocol)),
+            Some((tuple.dst, tuple.dst_port, tuple.protocol))
+        );
+    }
+    let _ = super::arp::parse(data);
 }
 
 /// Frame builders for tests, benchmarks and the namespace tests' injector.
@@ -555,10 +593,23 @@ mod tests {
         assert!(!rewrite_macs(&mut [0u8; 5], [9; 6], [8; 6]));
     }
 
+    #[test]
+    fn fuzz_corpus_runs() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/dsr_frame");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            fuzz_frame(&data);
+            n += 1;
+        }
+        assert!(n >= 3);
+    }
+
     proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = classify(&bytes, &targets());
+            fuzz_frame(&bytes);
         }
 
         /// Any mutation of a valid frame either still forwards the same tuple, or is dropped
