@@ -47,6 +47,8 @@ struct Neighbour {
 
 /// Per-service handles, resolved when the snapshot generation changes.
 struct ServiceHandles {
+    /// The service's index in the snapshot (so a frame does not search by name).
+    index: usize,
     /// Indexed like the pool's backends: (packets, bytes).
     backends: Vec<(IntCounter, IntCounter)>,
 }
@@ -103,9 +105,12 @@ impl Engine {
         }
         self.generation = Some(snap.generation);
         for (i, name) in self.services.iter().enumerate() {
-            let h = snap.service(i, name).and_then(|svc| {
+            let index = snap.services.iter().position(|s| *s.name == **name);
+            let h = index.and_then(|index| {
+                let svc = snap.services.get(index)?;
                 let pool = snap.pools.get(svc.pool)?;
                 Some(ServiceHandles {
+                    index,
                     backends: pool
                         .backends
                         .iter()
@@ -147,6 +152,15 @@ impl Engine {
                     asked_ms: 0,
                     wanted: true,
                 });
+            }
+        }
+    }
+
+    /// Learns from an ARP frame without answering it (a backup keeps its MACs warm).
+    pub fn learn_from_arp(&mut self, frame: &[u8]) {
+        if let Some(a) = arp::parse(frame) {
+            if a.sender_ip != Ipv4Addr::UNSPECIFIED && a.sender_mac != [0; 6] {
+                self.learn(a.sender_ip, a.sender_mac);
             }
         }
     }
@@ -295,8 +309,13 @@ impl Engine {
             .get(target)
             .map(|t| t.service)
             .ok_or(DropReason::NoService)?;
-        let name = self.services.get(service).ok_or(DropReason::NoService)?;
-        let svc = snap.service(service, name).ok_or(DropReason::NoService)?;
+        // `sync` ran for this snapshot: the index is the service's in `snap`.
+        let svc = self
+            .handles
+            .get(service)
+            .and_then(Option::as_ref)
+            .and_then(|h| snap.services.get(h.index))
+            .ok_or(DropReason::NoService)?;
         let pool = snap.pools.get(svc.pool).ok_or(DropReason::NoService)?;
         let mut chosen: Option<usize> = None;
         if let Some(id) = self.flows.get(tuple, now_ms) {

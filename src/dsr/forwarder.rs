@@ -287,6 +287,12 @@ fn run(
                 announce_at.clear();
             }
         }
+        if !is_active {
+            for i in 0..n {
+                let (frame, _) = sock.frame_mut(i);
+                engine.learn_from_arp(frame);
+            }
+        }
         if is_active && n > 0 {
             let snap = snapshot.load();
             engine.sync(&snap);
