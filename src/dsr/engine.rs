@@ -17,10 +17,14 @@ use super::arp::{self, Op};
 use super::flow::FlowTable;
 use super::metrics::DsrMetrics;
 use super::packet::{classify, rewrite_macs, Class, DropReason, FiveTuple, Mac, Target};
+use crate::affinity::ClientKey;
 use crate::snapshot::{BackendId, Choice, Snapshot};
 
 /// ARP requests for one unresolved backend are sent at most this often.
 const RESOLVE_EVERY_MS: u64 = 1000;
+/// A flow refreshes its client's stick entry this often, so a client whose only traffic is one
+/// long-lived flow does not lose its pin (and its next flow's backend) to the idle timeout.
+const STICK_REFRESH_MS: u64 = 60_000;
 /// Known MACs are re-asked this often, so a replaced gateway NIC is noticed.
 const REFRESH_EVERY_MS: u64 = 30_000;
 
@@ -321,7 +325,11 @@ impl Engine {
         if let Some(id) = self.flows.get(tuple, now_ms) {
             match pool.index_of(id) {
                 Some(i) if pool.backends.get(i).is_some_and(|b| b.serves_pinned()) => {
-                    chosen = Some(i)
+                    chosen = Some(i);
+                    if self.flows.stick_due(tuple, now_ms, STICK_REFRESH_MS) {
+                        let key = ClientKey::new(tuple.src, svc.group.spec);
+                        svc.group.table.insert(key, id, now);
+                    }
                 }
                 _ => self.flows.remove(tuple),
             }
@@ -487,6 +495,43 @@ backends = [
         assert_eq!(e.metrics.flows.get(), 4);
         e.housekeeping(1000 + 60_001);
         assert_eq!(e.metrics.flows.get(), 0);
+    }
+
+    #[test]
+    fn a_long_flow_keeps_its_client_pinned() {
+        let (c, mut e, _) = setup();
+        let snap = c.snapshot().load_full();
+        let group = &snap.services[0].group;
+        let key = ClientKey::new(IpAddr::V4(client(9)), group.spec);
+        let mut f = ipv4(US, CLIENT_MAC, client(9), VIP, Protocol::Tcp, 7, 443, 0);
+        let mut out = [0u8; 64];
+        let t0 = Instant::now();
+        assert_eq!(
+            e.handle(&snap, &mut f.clone(), &mut out, t0, 1000),
+            Action::Forward
+        );
+        assert!(
+            group.table.get(&key, t0).is_some(),
+            "a new flow pins its client"
+        );
+        group.table.remove(&key);
+        assert_eq!(
+            e.handle(&snap, &mut f.clone(), &mut out, t0, 2000),
+            Action::Forward
+        );
+        assert!(
+            group.table.get(&key, t0).is_none(),
+            "not refreshed on every frame"
+        );
+        let later = t0 + std::time::Duration::from_secs(61);
+        assert_eq!(
+            e.handle(&snap, &mut f, &mut out, later, 62_000),
+            Action::Forward
+        );
+        assert!(
+            group.table.get(&key, later).is_some(),
+            "refreshed by the long flow"
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ struct Slot {
     backend: BackendId,
     /// Milliseconds on the caller's clock; 0 = empty.
     last_ms: u64,
+    /// When the client's stick entry was last refreshed for this flow.
+    stick_ms: u64,
 }
 
 /// What an insert did to make room.
@@ -89,6 +91,25 @@ impl FlowTable {
         None
     }
 
+    /// Whether the flow's client should have its stick entry refreshed now (at most once per
+    /// `every_ms` per flow), so a client whose only traffic is one long flow keeps its pin.
+    pub fn stick_due(&mut self, t: &FiveTuple, now_ms: u64, every_ms: u64) -> bool {
+        let range = self.bucket(t);
+        let Some(slots) = self.slots.get_mut(range) else {
+            return false;
+        };
+        for s in slots.iter_mut().flatten() {
+            if s.tuple == *t {
+                if now_ms.saturating_sub(s.stick_ms) >= every_ms {
+                    s.stick_ms = now_ms;
+                    return true;
+                }
+                return false;
+            }
+        }
+        false
+    }
+
     /// Records `t` → `backend` (replacing an entry for `t`).
     pub fn insert(&mut self, t: FiveTuple, backend: BackendId, now_ms: u64) -> Inserted {
         let range = self.bucket(&t);
@@ -96,6 +117,7 @@ impl FlowTable {
             tuple: t,
             backend,
             last_ms: now_ms.max(1),
+            stick_ms: now_ms,
         };
         let Some(slots) = self.slots.get(range.clone()) else {
             return Inserted::New;
@@ -213,6 +235,16 @@ mod tests {
         t.insert(tuple(2), BackendId(1), 10);
         assert_eq!(t.expire(5000), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn stick_refresh_is_due_once_per_period() {
+        let mut t = FlowTable::new(16, 1_000_000);
+        t.insert(tuple(1), BackendId(1), 10);
+        assert!(!t.stick_due(&tuple(1), 500, 1000));
+        assert!(t.stick_due(&tuple(1), 1010, 1000));
+        assert!(!t.stick_due(&tuple(1), 1500, 1000));
+        assert!(!t.stick_due(&tuple(2), 5000, 1000), "unknown flow");
     }
 
     #[test]
