@@ -88,6 +88,7 @@ pid=$!
 metrics() { ip netns exec "${tag}lb" curl -s http://10.200.0.2:9469/metrics; }
 for _ in $(seq 50); do metrics | grep -q '^portico_dsr_active 1' && break; sleep 0.1; done
 sleep 1.5 # backend MACs learnt
+[ -n "${ON_START:-}" ] && eval "$ON_START"
 forwarded() { metrics | awk '/^portico_dsr_packets_total/ {s += $2} END {printf "%d\n", s}'; }
 gw_rx() {
   local s=0
