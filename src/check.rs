@@ -68,6 +68,10 @@ pub fn render_plan(c: &Config) -> String {
             s.affinity.idle_timeout.as_secs(),
             s.idle_timeout.as_secs(),
             match s.protocol {
+                // Frames are forwarded, not connections opened: only the flow table matters.
+                _ if s.forwarding == crate::config::Forwarding::Dsr => {
+                    format!(" | forwarding dsr, flow table {}", s.max_flows)
+                }
                 Protocol::Tcp => format!(
                     " | connect {} ms x{}",
                     s.connect_timeout.as_millis(),

@@ -43,6 +43,8 @@ pub struct Running {
     admin_socket: Option<std::path::PathBuf>,
     /// The DNS server's addresses (UDP and TCP share each), one per `[dns] listen` entry.
     pub dns_addrs: Vec<SocketAddr>,
+    /// The forwarder of the `forwarding = "dsr"` services, if any (VRRP drives its active flag).
+    pub dsr: Option<crate::dsr::forwarder::Forwarder>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +115,10 @@ impl Running {
         );
         let plane = &self.node.plane;
         plane.accept_stop.cancel();
+        if let Some(dsr) = self.dsr {
+            // Frames are not connections: nothing to drain; the peer's Maglev takes over.
+            dsr.stop();
+        }
         plane.connections.close();
         let left = match tokio::time::timeout(drain, plane.connections.wait()).await {
             Ok(()) => 0,
@@ -211,6 +217,10 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
     // Every listener is bound before anything serves, so a bad address fails the start.
     let mut bound_now = Vec::with_capacity(config.services.len());
     for (i, svc) in config.services.iter().enumerate() {
+        if svc.forwarding == crate::config::Forwarding::Dsr {
+            // No socket: the dsr forwarder reads its frames (started below).
+            continue;
+        }
         bound_now.push(plane.bind(svc, i)?);
     }
     let mut threads = Vec::with_capacity(workers);
@@ -238,6 +248,11 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         });
         plane.serve(b)?;
     }
+    let dsr = crate::dsr::forwarder::start_for(
+        &controller.config(),
+        snapshot.clone(),
+        &metrics.registry,
+    )?;
     let node = Arc::new(Node::new(plane, controller.clone()));
     node.start_health().context("health checks")?;
     let dns_addrs = match (dns, dns_spec) {
@@ -292,6 +307,7 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         threads,
         admin_socket: None,
         dns_addrs,
+        dsr,
     })
 }
 

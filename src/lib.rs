@@ -40,6 +40,8 @@
 //!   listener set (services added and removed by reload) and reload itself.
 //! - [`admin`]: the admin socket (newline-delimited JSON): status, drain, disable, enable,
 //!   reload, vrrp; its client for `portico ctl` and the drills.
+//! - [`dsr`]: direct server return: the AF_PACKET forwarder for `forwarding = "dsr"`
+//!   services (frame parsing, flow table, ARP for the VIP, MAC rewrite).
 
 pub mod admin;
 pub mod affinity;
@@ -50,6 +52,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod dns;
+pub mod dsr;
 pub mod health;
 pub mod lab;
 pub mod maglev;

@@ -57,6 +57,15 @@ pub const DNS_ALIAS_ADDRESSES: &str = "portico_dns_alias_addresses";
 pub const CONFIG_RELOADS: &str = "portico_config_reloads_total";
 pub const CONFIG_RELOAD_FAILURES: &str = "portico_config_reload_failures_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "portico_config_last_reload_success_timestamp_seconds";
+// The dsr forwarder's families (registered by `crate::dsr::metrics` when a forwarder starts).
+pub const DSR_PACKETS: &str = "portico_dsr_packets_total";
+pub const DSR_BYTES: &str = "portico_dsr_bytes_total";
+pub const DSR_FLOWS: &str = "portico_dsr_flows";
+pub const DSR_FLOW_MISSES: &str = "portico_dsr_flow_misses_total";
+pub const DSR_DROPS: &str = "portico_dsr_drops_total";
+pub const DSR_PASSED: &str = "portico_dsr_frames_passed_total";
+pub const DSR_ARP_REPLIES: &str = "portico_dsr_arp_replies_total";
+pub const DSR_ACTIVE: &str = "portico_dsr_active";
 
 /// Why a client connection got no backend at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,6 +33,18 @@ type Case = (&'static str, &'static [(usize, &'static str, &'static str)]);
 
 const BROKEN: &[Case] = &[
     (
+        "broken-dsr.toml",
+        &[
+            (9, "service[0].forwarding", "needs [node] interface"),
+            (10, "service[0].backend_port", "cannot rewrite ports"),
+            (14, "service[1].listen", "needs the VIP and port itself"),
+            (17, "service[1].forwarding", "needs [node] interface"),
+            (23, "service[2].forwarding", "unknown forwarding \"nat\""),
+            (26, "pool.gw.backends[1].address", "of dsr service \"tls\""),
+            (26, "pool.gw.backends[1].address", "of dsr service \"any\""),
+        ],
+    ),
+    (
         "broken-unknown-field.toml",
         &[(
             7,

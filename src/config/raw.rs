@@ -71,6 +71,7 @@ pub struct RawService {
     pub backlog: Option<i64>,
     pub max_flows: Option<i64>,
     pub affinity: Option<RawAffinity>,
+    pub forwarding: Option<String>,
 }
 
 /// `[[service]] affinity = { ... }`

@@ -111,7 +111,30 @@ pub struct Service {
     /// TCP: listen backlog.
     pub backlog: u32,
     /// UDP: most concurrent client flows; a new flow beyond it is refused and counted.
+    /// `dsr`: the size of the forwarder's flow table (both protocols).
     pub max_flows: usize,
+    /// How client traffic reaches the backends.
+    pub forwarding: Forwarding,
+}
+
+/// How a service moves client traffic to its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Forwarding {
+    /// Terminate each client connection and open one to the backend (the default).
+    #[default]
+    Proxy,
+    /// Direct server return: rewrite the destination MAC of the client's frames and send them to
+    /// the backend on the same L2 segment; replies go straight to the client (see docs/dsr.md).
+    Dsr,
+}
+
+impl Forwarding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forwarding::Proxy => "proxy",
+            Forwarding::Dsr => "dsr",
+        }
+    }
 }
 
 /// How clients are keyed and pinned. Services sharing a `group` share one stick table, so a

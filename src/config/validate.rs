@@ -416,6 +416,7 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
     };
     let services = services(raw.service, pool_names.as_ref(), &root.key("service"), r);
     let pools = pools(raw.pool, &services, &root.key("pool"), r);
+    dsr_checks(&node, &services, &pools, &root, r);
     let balancer = balancer(raw.balancer, &root.key("balancer"), r);
     let dns = raw
         .dns
@@ -648,6 +649,91 @@ fn protocol(raw: Option<String>, path: &FieldPath, r: &mut Report<'_>) -> Protoc
     }
 }
 
+fn forwarding(raw: Option<String>, path: &FieldPath, r: &mut Report<'_>) -> Forwarding {
+    match raw.as_deref() {
+        None | Some("proxy") => Forwarding::Proxy,
+        Some("dsr") => Forwarding::Dsr,
+        Some(other) => {
+            r.error(
+                path,
+                format!("unknown forwarding \"{other}\", expected one of: proxy, dsr"),
+            );
+            Forwarding::Proxy
+        }
+    }
+}
+
+/// What a `dsr` service needs on its own. A forwarder only swaps MAC addresses, so the frame
+/// keeps the client's destination address and port: the listen address is the VIP itself and
+/// the backends must listen on the same port. Whether the backends share the balancer's L2
+/// segment cannot be seen from here (docs/dsr.md): a backend behind a router never gets a
+/// neighbour entry and its traffic is dropped as `no-neighbour`.
+fn dsr_service(
+    listen: SocketAddr,
+    backend_port: u16,
+    backend_port_set: bool,
+    sp: &FieldPath,
+    r: &mut Report<'_>,
+) {
+    if listen.ip().is_unspecified() || listen.port() == 0 {
+        r.error(
+            &sp.key("listen"),
+            format!("forwarding = \"dsr\" needs the VIP and port itself, not {listen}: the forwarder matches frames sent to exactly that address"),
+        );
+    } else if listen.is_ipv6() {
+        r.error(
+            &sp.key("listen"),
+            "forwarding = \"dsr\" supports IPv4 VIPs only for now (the forwarder answers ARP, not NDP)",
+        );
+    }
+    if backend_port_set && backend_port != listen.port() {
+        r.error(
+            &sp.key("backend_port"),
+            format!("forwarding = \"dsr\" cannot rewrite ports: backend_port must equal the listen port {} (or be left out)", listen.port()),
+        );
+    }
+}
+
+/// `dsr` checks that need the node and the pools.
+fn dsr_checks(
+    node: &Node,
+    services: &[Service],
+    pools: &[Pool],
+    root: &FieldPath,
+    r: &mut Report<'_>,
+) {
+    for (i, s) in services.iter().enumerate() {
+        if s.forwarding != Forwarding::Dsr {
+            continue;
+        }
+        let sp = root.key("service").index(i);
+        if node.interface.is_none() {
+            r.error(
+                &sp.key("forwarding"),
+                "forwarding = \"dsr\" needs [node] interface: the forwarder reads and sends frames on it",
+            );
+        }
+        let Some(pool) = pools.iter().find(|p| p.name == s.pool) else {
+            continue;
+        };
+        for (j, b) in pool.backends.iter().enumerate() {
+            let wrong_port = b.port.filter(|p| *p != s.listen.port());
+            if let Some(port) = wrong_port {
+                r.error(
+                    &root.key("pool").key(&pool.name).key("backends").index(j).key("address"),
+                    format!("port {port} differs from the port {} of dsr service \"{}\": dsr cannot rewrite ports", s.listen.port(), s.name),
+                );
+            }
+            if b.address.is_ipv4() != s.listen.is_ipv4() {
+                r.error(
+                    &root.key("pool").key(&pool.name).key("backends").index(j).key("address"),
+                    format!("dsr service \"{}\" forwards {} frames: a backend of the other family cannot take them", s.name, if s.listen.is_ipv4() { "IPv4" } else { "IPv6" }),
+                );
+            }
+        }
+    }
+}
+
 fn services(
     raw: Option<Vec<RawService>>,
     pool_names: Option<&BTreeSet<String>>,
@@ -717,9 +803,18 @@ fn services(
             ("backlog", s.backlog.is_some()),
         ];
         let udp_only = [("max_flows", s.max_flows.is_some())];
-        let ignored: &[(&str, bool)] = match protocol {
-            Protocol::Tcp => &udp_only,
-            Protocol::Udp => &tcp_only,
+        let forwarding = forwarding(s.forwarding, &sp.key("forwarding"), r);
+        // A dsr forwarder never opens a connection: the TCP connect settings mean nothing there,
+        // and max_flows sizes its flow table for both protocols.
+        let dsr_ignores = [
+            ("connect_timeout_ms", s.connect_timeout_ms.is_some()),
+            ("connect_attempts", s.connect_attempts.is_some()),
+            ("backlog", s.backlog.is_some()),
+        ];
+        let ignored: &[(&str, bool)] = match (forwarding, protocol) {
+            (Forwarding::Dsr, _) => &dsr_ignores,
+            (_, Protocol::Tcp) => &udp_only,
+            (_, Protocol::Udp) => &tcp_only,
         };
         for (key, set) in ignored {
             if *set {
@@ -727,7 +822,10 @@ fn services(
                     &sp.key(key),
                     format!(
                         "ignored: {key} does not apply to {} services",
-                        protocol.as_str()
+                        match forwarding {
+                            Forwarding::Dsr => "dsr",
+                            Forwarding::Proxy => protocol.as_str(),
+                        }
                     ),
                 );
             }
@@ -766,6 +864,9 @@ fn services(
             u32::MAX.into(),
         );
         let affinity = affinity(s.affinity, &pool, &sp.key("affinity"), r);
+        if forwarding == Forwarding::Dsr {
+            dsr_service(listen, backend_port, s.backend_port.is_some(), &sp, r);
+        }
         services.push(Service {
             name,
             listen,
@@ -778,6 +879,7 @@ fn services(
             idle_timeout: secs(idle),
             backlog,
             max_flows: usize::try_from(max_flows).unwrap_or(d::MAX_FLOWS),
+            forwarding,
         });
     }
     affinity_groups(&services, p, r);

@@ -169,6 +169,15 @@ impl Node {
         }
         // The admin socket this reply travels on stays where it is; moving it needs a restart.
         let socket_moved = old.admin.socket != new.admin.socket;
+        // The dsr forwarder is set up once, at start (its socket, filter and flow table).
+        let dsr_of = |c: &Config| -> Vec<crate::config::Service> {
+            c.services
+                .iter()
+                .filter(|s| s.forwarding == crate::config::Forwarding::Dsr)
+                .cloned()
+                .collect()
+        };
+        let dsr_changed = dsr_of(&old) != dsr_of(&new);
         self.controller
             .apply_config(new.clone())
             .map_err(ReloadError::Apply)?;
@@ -176,6 +185,13 @@ impl Node {
             source: source.clone(),
             ..ReloadOutcome::default()
         };
+        if dsr_changed {
+            out.warnings.push(
+                "dsr services changed: the forwarder keeps its start-up services until the next \
+                 start"
+                    .to_string(),
+            );
+        }
         if socket_moved {
             out.warnings.push(format!(
                 "admin socket moved to {}: takes effect at the next start",
@@ -251,15 +267,18 @@ impl Plan {
         let same = |a: &crate::config::Service, b: &crate::config::Service| {
             a.name == b.name && a.listen == b.listen && a.protocol == b.protocol
         };
+        // dsr services have no listener: the forwarder reads their frames.
+        let proxied = |s: &&crate::config::Service| s.forwarding != crate::config::Forwarding::Dsr;
         let remove: Vec<&crate::config::Service> = old
             .services
             .iter()
-            .filter(|o| !new.services.iter().any(|n| same(o, n)))
+            .filter(proxied)
+            .filter(|o| !new.services.iter().filter(proxied).any(|n| same(o, n)))
             .collect();
         let mut add_now = Vec::new();
         let mut add_later = Vec::new();
         for (i, n) in new.services.iter().enumerate() {
-            if old.services.iter().any(|o| same(o, n)) {
+            if !proxied(&n) || old.services.iter().filter(proxied).any(|o| same(o, n)) {
                 continue;
             }
             let collides = n.listen.port() != 0

@@ -81,6 +81,7 @@ pub fn service(name: &str, protocol: Protocol, idle: Duration) -> Service {
         idle_timeout: idle,
         backlog: 4096,
         max_flows: 10_000,
+        forwarding: Default::default(),
     }
 }
 

@@ -1,0 +1,703 @@
+//! The forwarder's I/O: one AF_PACKET socket on `node.interface`, read and written by one
+//! dedicated thread (not a tokio runtime: the loop never waits on anything but the socket).
+//!
+//! Frames are read and sent in batches (`recvmmsg` / `sendmmsg`, [`BATCH`] at a time), and a
+//! classic BPF filter attached before the socket is bound passes only ARP, VLAN-tagged frames
+//! and IPv4 packets to a VIP, so the rest of the segment's traffic never reaches user space.
+//! `PACKET_IGNORE_OUTGOING` keeps our own sent frames (and the host's) out of the socket.
+//!
+//! `PACKET_VNET_HDR` makes the kernel describe each frame's offload state in a virtio-net
+//! header, which the forwarder hands back unchanged when it sends the frame on. Without it,
+//! frames from a local sender or a virtual NIC (veth, virtio) arrive with the TCP/UDP checksum
+//! not yet computed (checksum offload) and would reach the backend with a bad checksum, and a
+//! GRO-merged frame would be too long to send; with it the kernel or the NIC completes the
+//! checksum and re-segments on the way out, as for its own packets.
+//!
+//! The forwarder runs whether or not this node is master, and forwards only while its
+//! *active* flag is set ([`Forwarder::set_active`], for VRRP to drive): inactive, it reads and
+//! discards (so its socket buffer never holds stale frames for a later term) and answers no
+//! ARP. Becoming active clears the flow table and announces every VIP with gratuitous ARP.
+
+use std::ffi::CString;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use super::arp;
+use super::engine::{Action, Engine};
+use super::flow::FlowTable;
+use super::metrics::DsrMetrics;
+use super::packet::{DropReason, Mac, Target};
+use crate::config::{Config, Forwarding, VipMode};
+use crate::snapshot::Snapshot;
+
+/// Frames per `recvmmsg` / `sendmmsg`.
+pub const BATCH: usize = 64;
+/// Room per frame: the virtio-net header, then up to 64 KiB (a GRO-merged frame, which the
+/// kernel segments again on send). A longer frame arrives cut (`MSG_TRUNC`) and is dropped as
+/// truncated rather than forwarded short.
+const FRAME_ROOM: usize = VNET_HDR + 65_536;
+/// `struct virtio_net_hdr` (PACKET_VNET_HDR): every frame read and written is prefixed by it.
+const VNET_HDR: usize = 10;
+const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+/// How long a read waits before the loop looks at its flags and timers.
+const POLL: Duration = Duration::from_millis(50);
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+/// Gratuitous ARP after becoming active: at once, then again after these delays (a lost
+/// announcement leaves clients on the old master until their cache entries time out).
+const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
+const ETH_P_ALL: u16 = 0x0003;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
+/// What one forwarder serves.
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    pub interface: String,
+    pub targets: Vec<Target>,
+    /// Service names, indexed by `Target::service`.
+    pub services: Vec<Arc<str>>,
+    pub max_flows: usize,
+    pub flow_idle: Duration,
+}
+
+impl ForwarderConfig {
+    /// The dsr services of `config`, or `None` when it has none.
+    pub fn from_config(config: &Config) -> anyhow::Result<Option<ForwarderConfig>> {
+        let mut targets = Vec::new();
+        let mut services: Vec<Arc<str>> = Vec::new();
+        let mut max_flows = 0usize;
+        let mut flow_idle = Duration::ZERO;
+        for s in config
+            .services
+            .iter()
+            .filter(|s| s.forwarding == Forwarding::Dsr)
+        {
+            targets.push(Target {
+                vip: s.listen.ip(),
+                port: s.listen.port(),
+                protocol: s.protocol,
+                service: services.len(),
+            });
+            services.push(Arc::from(s.name.as_str()));
+            max_flows = max_flows.saturating_add(s.max_flows);
+            flow_idle = flow_idle.max(s.idle_timeout);
+        }
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        let interface = config
+            .node
+            .interface
+            .clone()
+            .context("dsr services need [node] interface")?;
+        Ok(Some(ForwarderConfig {
+            interface,
+            targets,
+            services,
+            max_flows,
+            flow_idle,
+        }))
+    }
+}
+
+/// A running forwarder thread. Dropping it stops the thread.
+pub struct Forwarder {
+    active: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub interface: String,
+    pub mac: Mac,
+}
+
+impl Forwarder {
+    /// Opens the socket on the interface and starts the thread; `active` is the initial
+    /// state of the flag.
+    pub fn start(
+        cfg: ForwarderConfig,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: DsrMetrics,
+        active: bool,
+    ) -> anyhow::Result<Forwarder> {
+        let iface = &cfg.interface;
+        let mac = interface_mac(iface).with_context(|| format!("dsr: MAC of {iface}"))?;
+        let our_ip = interface_ipv4(iface);
+        if our_ip.is_none() {
+            warn!(interface = %iface, "dsr: no IPv4 address on the interface: backend MACs come only from the kernel's neighbour table");
+        }
+        if std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
+            .is_ok_and(|v| v.trim() == "1")
+        {
+            warn!(interface = %iface, "dsr: IP forwarding is on for this interface: the kernel may route its own copy of VIP packets too; turn it off (docs/dsr.md)");
+        }
+        let vips: Vec<Ipv4Addr> = cfg
+            .targets
+            .iter()
+            .filter_map(|t| match t.vip {
+                IpAddr::V4(v) => Some(v),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let sock = PacketSocket::open(iface, &vips)
+            .with_context(|| format!("dsr: opening an AF_PACKET socket on {iface}"))?;
+        let flows = FlowTable::new(
+            cfg.max_flows,
+            u64::try_from(cfg.flow_idle.as_millis()).unwrap_or(u64::MAX),
+        );
+        let engine = Engine::new(
+            cfg.targets.clone(),
+            cfg.services.clone(),
+            mac,
+            our_ip,
+            flows,
+            metrics.clone(),
+        );
+        let active_flag = Arc::new(AtomicBool::new(active));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (active, stop, iface) = (active_flag.clone(), stop.clone(), iface.clone());
+            std::thread::Builder::new()
+                .name("portico-dsr".into())
+                .spawn(move || run(sock, engine, snapshot, metrics, active, stop, iface))
+                .context("starting the dsr thread")?
+        };
+        info!(interface = %iface, mac = %arp::format_mac(&mac), vips = ?vips, active, "dsr forwarder started");
+        Ok(Forwarder {
+            active: active_flag,
+            stop,
+            thread: Some(thread),
+            interface: cfg.interface,
+            mac,
+        })
+    }
+
+    /// Starts or stops forwarding (VRRP master / backup).
+    pub fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Release);
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// The flag itself, for a driver that lives elsewhere (the VRRP task).
+    pub fn active_flag(&self) -> Arc<AtomicBool> {
+        self.active.clone()
+    }
+
+    /// Stops the thread and waits for it (at most one poll interval).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts the forwarder for `config`'s dsr services, if it has any: the one call the daemon
+/// makes. It starts active unless the VIP is VRRP-managed, in which case VRRP must call
+/// [`Forwarder::set_active`] on becoming master.
+pub fn start_for(
+    config: &Config,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<Forwarder>> {
+    let Some(cfg) = ForwarderConfig::from_config(config)? else {
+        return Ok(None);
+    };
+    let metrics = DsrMetrics::register(registry).context("registering the dsr metrics")?;
+    let active = !matches!(config.vip.as_ref().map(|v| &v.mode), Some(VipMode::Vrrp(_)));
+    if !active {
+        info!("dsr: VIP is VRRP-managed: forwarding starts when this node becomes master");
+    }
+    Forwarder::start(cfg, snapshot, metrics, active).map(Some)
+}
+
+/// The thread's loop.
+fn run(
+    mut sock: PacketSocket,
+    mut engine: Engine,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: DsrMetrics,
+    active: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    iface: String,
+) {
+    let epoch = Instant::now();
+    let mut was_active = false;
+    let mut announce_at: Vec<Instant> = Vec::new();
+    let mut next_housekeeping = epoch;
+    let mut out = [0u8; 128];
+    let mut forward = [0usize; BATCH];
+    let mut logged_error = false;
+    while !stop.load(Ordering::Acquire) {
+        let n = match sock.recv_batch() {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(e) => {
+                if !logged_error {
+                    warn!(interface = %iface, error = %e, "dsr: read failed");
+                    logged_error = true;
+                }
+                std::thread::sleep(POLL);
+                0
+            }
+        };
+        let now = Instant::now();
+        let now_ms = u64::try_from(now.duration_since(epoch).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let is_active = active.load(Ordering::Acquire);
+        if is_active != was_active {
+            was_active = is_active;
+            metrics.active.set(i64::from(is_active));
+            if is_active {
+                info!(interface = %iface, "dsr: forwarding (master)");
+                engine.reset_flows();
+                announce_at = std::iter::once(now)
+                    .chain(ANNOUNCE_AGAIN.iter().map(|d| now + *d))
+                    .collect();
+            } else {
+                info!(interface = %iface, "dsr: not forwarding (backup)");
+                announce_at.clear();
+            }
+        }
+        if !is_active {
+            for i in 0..n {
+                let (frame, _) = sock.frame_mut(i);
+                engine.learn_from_arp(frame);
+            }
+        }
+        if is_active && n > 0 {
+            let snap = snapshot.load();
+            engine.sync(&snap);
+            let mut fwd = 0;
+            for i in 0..n {
+                let (frame, truncated) = sock.frame_mut(i);
+                if truncated {
+                    metrics.drop(DropReason::Truncated);
+                    continue;
+                }
+                match engine.handle(&snap, frame, &mut out, now, now_ms) {
+                    Action::Forward => {
+                        if let Some(slot) = forward.get_mut(fwd) {
+                            *slot = i;
+                            fwd += 1;
+                        }
+                    }
+                    Action::Reply(len) => {
+                        if sock.send_one(out.get(..len).unwrap_or(&[])).is_err() {
+                            metrics.drop(DropReason::SendFailed);
+                        }
+                    }
+                    Action::Pass | Action::Drop(_) => {}
+                }
+            }
+            let sent = sock.send_batch(forward.get(..fwd).unwrap_or(&[]));
+            for _ in sent..fwd {
+                metrics.drop(DropReason::SendFailed);
+            }
+        }
+        if is_active {
+            while announce_at.first().is_some_and(|t| *t <= now) {
+                announce_at.remove(0);
+                let mut i = 0;
+                while let Some(len) = engine.announcement(i, &mut out) {
+                    match sock.send_one(out.get(..len).unwrap_or(&[])) {
+                        Ok(()) => metrics.arp_replies.inc(),
+                        Err(e) => {
+                            warn!(interface = %iface, error = %e, "dsr: cannot announce the VIP")
+                        }
+                    }
+                    i += 1;
+                }
+            }
+        }
+        if now >= next_housekeeping {
+            next_housekeeping = now + HOUSEKEEPING_EVERY;
+            engine.sync(&snapshot.load());
+            engine.housekeeping(now_ms);
+            if let Some(c) = metrics.drops.get(DropReason::RxOverflow.index()) {
+                c.inc_by(sock.rx_dropped());
+            }
+            if let Ok(text) = std::fs::read_to_string("/proc/net/arp") {
+                for (ip, mac) in arp::proc_net_arp(&text, &iface) {
+                    engine.learn(ip, mac);
+                }
+            }
+        }
+        // Resolution requests go out whether or not we forward: a backup with warm MACs
+        // forwards from its first frame as master.
+        while let Some(len) = engine.next_request(&mut out, now_ms) {
+            let _ = sock.send_one(out.get(..len).unwrap_or(&[]));
+        }
+    }
+    metrics.active.set(0);
+}
+
+/// An AF_PACKET socket bound to one interface, with its receive and send batches.
+struct PacketSocket {
+    fd: OwnedFd,
+    bufs: Vec<Box<[u8]>>,
+    rx_iov: Vec<libc::iovec>,
+    rx_msgs: Vec<libc::mmsghdr>,
+    tx_iov: Vec<libc::iovec>,
+    tx_msgs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers in the iovec/mmsghdr arrays point into `bufs` and the arrays
+// themselves, which move with the struct as one owner; only the owning thread uses them.
+unsafe impl Send for PacketSocket {}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live T and its size is passed with it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Classic BPF: accept ARP, VLAN-tagged frames and IPv4 to one of `vips`; drop the rest.
+pub fn bpf_program(vips: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
+    const LD_H_ABS: u16 = 0x28;
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let vips = &vips[..vips.len().min(200)];
+    let n = vips.len();
+    // Layout: 0 ldh; 1 arp?; 2 vlan?; 3 ipv4?; 4 ld dst; 5..5+n jeq vip; 5+n drop; 6+n accept.
+    let drop_at = 5 + n;
+    let accept_at = 6 + n;
+    let rel = |from: usize, to: usize| u8::try_from(to - from - 1).unwrap_or(u8::MAX);
+    let mut p = vec![
+        op(LD_H_ABS, 0, 0, 12),
+        op(JEQ_K, rel(1, accept_at), 0, 0x0806),
+        op(JEQ_K, rel(2, accept_at), 0, 0x8100),
+        op(JEQ_K, 0, rel(3, drop_at), 0x0800),
+        op(LD_W_ABS, 0, 0, 14 + 16),
+    ];
+    for (i, v) in vips.iter().enumerate() {
+        p.push(op(JEQ_K, rel(5 + i, accept_at), 0, u32::from(*v)));
+    }
+    p.push(op(RET_K, 0, 0, 0));
+    p.push(op(RET_K, 0, 0, 0x0004_0000));
+    p
+}
+
+impl PacketSocket {
+    fn open(iface: &str, vips: &[Ipv4Addr]) -> io::Result<PacketSocket> {
+        let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: a plain C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Protocol 0: the socket receives nothing until bound, so no frame slips in before
+        // the filter is attached.
+        // SAFETY: plain syscall.
+        let raw =
+            cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut prog = bpf_program(vips);
+        let fprog = libc::sock_fprog {
+            len: u16::try_from(prog.len()).unwrap_or(u16::MAX),
+            filter: prog.as_mut_ptr(),
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)?;
+        // Old kernels lack it: then our own frames come back, and the engine passes them
+        // (their destination MAC is not ours).
+        let _ = setsockopt(
+            &fd,
+            libc::SOL_PACKET,
+            PACKET_IGNORE_OUTGOING,
+            &1 as &libc::c_int,
+        );
+        let _ = setsockopt(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &(8 << 20) as &libc::c_int,
+        );
+        let _ = setsockopt(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &(4 << 20) as &libc::c_int,
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: libc::suseconds_t::try_from(POLL.as_micros()).unwrap_or(50_000),
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+        setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &1 as &libc::c_int)?;
+        // Frames we send are already final: skip the qdisc layer (the NIC's own queue
+        // still applies).
+        let _ = setsockopt(
+            &fd,
+            libc::SOL_PACKET,
+            PACKET_QDISC_BYPASS,
+            &1 as &libc::c_int,
+        );
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETH_P_ALL.to_be();
+        sll.sll_ifindex = i32::try_from(ifindex).unwrap_or(0);
+        // SAFETY: `sll` is a live sockaddr_ll of the size passed.
+        cvt(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        let mut bufs: Vec<Box<[u8]>> = (0..BATCH)
+            .map(|_| vec![0u8; FRAME_ROOM].into_boxed_slice())
+            .collect();
+        let rx_iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let tx_iov = rx_iov.clone();
+        // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+        let zero: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        let mut s = PacketSocket {
+            fd,
+            bufs,
+            rx_iov,
+            rx_msgs: vec![zero; BATCH],
+            tx_iov,
+            tx_msgs: vec![zero; BATCH],
+        };
+        // The boxes and vectors never grow again, so these pointers stay valid.
+        for i in 0..BATCH {
+            s.rx_msgs[i].msg_hdr.msg_iov = &mut s.rx_iov[i];
+            s.rx_msgs[i].msg_hdr.msg_iovlen = 1;
+            s.tx_msgs[i].msg_hdr.msg_iov = &mut s.tx_iov[i];
+            s.tx_msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        Ok(s)
+    }
+
+    /// Reads up to [`BATCH`] frames, waiting at most [`POLL`] for the first.
+    fn recv_batch(&mut self) -> io::Result<usize> {
+        for m in &mut self.rx_msgs {
+            m.msg_len = 0;
+            m.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: the arrays are valid for BATCH entries and their iovecs point into `bufs`.
+        let n = cvt(unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                self.rx_msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        })?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// The `i`th frame of the last batch (after its virtio-net header) and whether it was cut
+    /// short.
+    fn frame_mut(&mut self, i: usize) -> (&mut [u8], bool) {
+        let (len, trunc) = self.rx_msgs.get(i).map_or((0, false), |m| {
+            (
+                m.msg_len as usize,
+                m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            )
+        });
+        match self.bufs.get_mut(i) {
+            // The frame follows its virtio-net header; the header stays for the send.
+            Some(b) if len >= VNET_HDR => {
+                let len = len.min(b.len());
+                (&mut b[VNET_HDR..len], trunc)
+            }
+            _ => (&mut [], true),
+        }
+    }
+
+    /// Sends the frames at `indexes` of the last batch (as rewritten); returns how many went.
+    fn send_batch(&mut self, indexes: &[usize]) -> usize {
+        let mut count = 0;
+        for (slot, &i) in indexes.iter().enumerate() {
+            let len = self.rx_msgs.get(i).map_or(0, |m| m.msg_len as usize);
+            let (Some(iov), Some(buf)) = (self.tx_iov.get_mut(slot), self.bufs.get_mut(i)) else {
+                continue;
+            };
+            iov.iov_base = buf.as_mut_ptr().cast();
+            iov.iov_len = len.min(buf.len());
+            count += 1;
+        }
+        let mut sent = 0;
+        while sent < count {
+            let rest = self.tx_msgs.get_mut(sent..count).unwrap_or(&mut []);
+            // SAFETY: the entries point at iovecs describing live buffers.
+            let r = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    rest.as_mut_ptr(),
+                    rest.len() as libc::c_uint,
+                    0,
+                )
+            };
+            if r <= 0 {
+                break;
+            }
+            sent += usize::try_from(r).unwrap_or(0);
+        }
+        sent
+    }
+
+    /// Frames the kernel dropped for want of receive-buffer room since the last call
+    /// (PACKET_STATISTICS resets on read).
+    fn rx_dropped(&self) -> u64 {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `st` is a live tpacket_stats and `len` its size.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            u64::from(st.tp_drops)
+        } else {
+            0
+        }
+    }
+
+    /// Sends a frame we built (ARP), behind an all-zero virtio-net header (no offload).
+    fn send_one(&self, frame: &[u8]) -> io::Result<()> {
+        let mut buf = [0u8; VNET_HDR + 128];
+        let len = VNET_HDR + frame.len();
+        let Some(dst) = buf.get_mut(VNET_HDR..len) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        dst.copy_from_slice(frame);
+        // SAFETY: `buf` is a live buffer of at least `len` bytes.
+        let r = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), len, 0) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The interface's MAC, from sysfs.
+pub fn interface_mac(iface: &str) -> io::Result<Mac> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
+    arp::parse_mac(text.trim()).ok_or_else(|| io::Error::other(format!("bad MAC {text:?}")))
+}
+
+/// The interface's first IPv4 address (the sender address of our ARP requests).
+pub fn interface_ipv4(iface: &str) -> Option<Ipv4Addr> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned; it stays valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name from the kernel.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null; the family field is common to every sockaddr.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if name.to_bytes() == iface.as_bytes() && family == libc::AF_INET {
+            // SAFETY: family AF_INET means the address is a sockaddr_in.
+            let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            break;
+        }
+    }
+    // SAFETY: the list from getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpf_jumps_land_inside_the_program() {
+        for n in 0..5 {
+            let vips: Vec<Ipv4Addr> = (0..n).map(|i| Ipv4Addr::new(10, 200, 0, i)).collect();
+            let p = bpf_program(&vips);
+            assert_eq!(p.len(), 7 + n as usize);
+            for (i, ins) in p.iter().enumerate().filter(|(_, ins)| ins.code == 0x15) {
+                assert!(i + 1 + usize::from(ins.jt) < p.len());
+                assert!(i + 1 + usize::from(ins.jf) < p.len());
+            }
+            // The last two are the returns: drop, then accept.
+            assert_eq!(p[p.len() - 2].k, 0);
+            assert!(p[p.len() - 1].k > 0);
+        }
+    }
+
+    #[test]
+    fn loopback_has_an_address_and_a_mac() {
+        assert_eq!(interface_ipv4("lo"), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(interface_mac("lo").ok(), Some([0; 6]));
+        assert_eq!(interface_ipv4("no-such-if0"), None);
+    }
+}

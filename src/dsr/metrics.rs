@@ -1,0 +1,94 @@
+//! The forwarder's metric families, registered into the process registry
+//! ([`crate::metrics::Metrics::registry`]) when a dsr forwarder starts. Label values come from
+//! closed sets: service and backend names from the config, drop reasons from
+//! [`DropReason::ALL`].
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use super::packet::DropReason;
+use crate::metrics::{
+    DSR_ACTIVE, DSR_ARP_REPLIES, DSR_BYTES, DSR_DROPS, DSR_FLOWS, DSR_FLOW_MISSES, DSR_PACKETS,
+    DSR_PASSED,
+};
+
+#[derive(Clone)]
+pub struct DsrMetrics {
+    pub packets: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub flows: IntGauge,
+    pub flow_misses: IntCounter,
+    /// Indexed like [`DropReason::ALL`].
+    pub drops: Vec<IntCounter>,
+    pub passed: IntCounter,
+    pub arp_replies: IntCounter,
+    pub active: IntGauge,
+}
+
+impl DsrMetrics {
+    /// Registers the families. Fails only if they are registered twice in one registry.
+    pub fn register(reg: &Registry) -> prometheus::Result<DsrMetrics> {
+        let packets = IntCounterVec::new(
+            Opts::new(
+                DSR_PACKETS,
+                "Frames forwarded to a backend by the dsr forwarder.",
+            ),
+            &["service", "backend"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                DSR_BYTES,
+                "Bytes (whole Ethernet frames) forwarded to a backend by the dsr forwarder.",
+            ),
+            &["service", "backend"],
+        )?;
+        let flows = IntGauge::new(DSR_FLOWS, "Flows in the dsr flow table.")?;
+        let flow_misses = IntCounter::new(
+            DSR_FLOW_MISSES,
+            "Forwarded frames whose flow was not in the flow table (placed by affinity or Maglev).",
+        )?;
+        let drop_vec = IntCounterVec::new(
+            Opts::new(
+                DSR_DROPS,
+                "Frames to a dsr VIP:port that were not forwarded.",
+            ),
+            &["reason"],
+        )?;
+        let passed = IntCounter::new(
+            DSR_PASSED,
+            "Frames the dsr forwarder read and left alone (not for a VIP:port it serves).",
+        )?;
+        let arp_replies = IntCounter::new(
+            DSR_ARP_REPLIES,
+            "ARP replies sent for dsr VIPs (and gratuitous announcements).",
+        )?;
+        let active = IntGauge::new(DSR_ACTIVE, "1 while the dsr forwarder is forwarding.")?;
+        reg.register(Box::new(packets.clone()))?;
+        reg.register(Box::new(bytes.clone()))?;
+        reg.register(Box::new(flows.clone()))?;
+        reg.register(Box::new(flow_misses.clone()))?;
+        reg.register(Box::new(drop_vec.clone()))?;
+        reg.register(Box::new(passed.clone()))?;
+        reg.register(Box::new(arp_replies.clone()))?;
+        reg.register(Box::new(active.clone()))?;
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| drop_vec.with_label_values(&[r.as_str()]))
+            .collect();
+        Ok(DsrMetrics {
+            packets,
+            bytes,
+            flows,
+            flow_misses,
+            drops,
+            passed,
+            arp_replies,
+            active,
+        })
+    }
+
+    pub fn drop(&self, reason: DropReason) {
+        if let Some(c) = self.drops.get(reason.index()) {
+            c.inc();
+        }
+    }
+}

@@ -1,0 +1,723 @@
+//! `forwarding = "dsr"` end to end in network namespaces: a client, one or two balancers
+//! running the real `portico run` binary, and three gateways holding the VIP on `lo`
+//! (arp_ignore=1, arp_announce=2, set inside their namespaces), all on one bridge in
+//! 10.200.0.0/16. Gateways are tiny servers (threads of this test, with sockets created inside
+//! the gateway namespaces) that answer with their name and the peer address they see.
+//!
+//! Needs root (CAP_NET_ADMIN, CAP_NET_RAW); skips loudly without.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portico::config::Protocol;
+use portico::dsr::arp;
+use portico::dsr::packet::build;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portico");
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 100);
+const GATEWAYS: [(&str, Ipv4Addr); 3] = [
+    ("gw1", Ipv4Addr::new(10, 200, 0, 11)),
+    ("gw2", Ipv4Addr::new(10, 200, 0, 12)),
+    ("gw3", Ipv4Addr::new(10, 200, 0, 13)),
+];
+const LB_A: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
+const LB_B: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
+/// Client source addresses 10.200.1.1 ..= 10.200.1.CLIENTS.
+const CLIENTS: u8 = 16;
+
+fn run(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn sh(args: &[&str]) {
+    if let Err(e) = run(args) {
+        panic!("{e}");
+    }
+}
+
+fn ns_exec(ns: &str, args: &[&str]) {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(args);
+    sh(&all);
+}
+
+/// The namespaces and links of one test; deleted on drop, even when the test fails.
+struct Topology {
+    tag: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    stop: Arc<AtomicBool>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for role in ["la", "lb"] {
+                eprintln!("--- {role} log:\n{}", self.log(role));
+            }
+            if std::env::var_os("DSR_TEST_HOLD").is_some() {
+                eprintln!("holding the topology {} for 60 s", self.tag);
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+        self.stop.store(true, Ordering::Release);
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Topology {
+    fn ns(&self, role: &str) -> String {
+        format!("pd{}{}", self.tag, role)
+    }
+
+    /// Builds it all, or `None` (after a loud SKIP) without the privileges.
+    fn new(short: &str) -> Option<Topology> {
+        let tag = format!("{}{short}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("portico-dsr-{tag}"));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut t = Topology {
+            tag,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            dir,
+        };
+        let sw = t.ns("sw");
+        if let Err(e) = run(&["ip", "netns", "add", &sw]) {
+            eprintln!("SKIP: cannot create network namespaces (needs root / CAP_NET_ADMIN): {e}");
+            return None;
+        }
+        t.namespaces.push(sw.clone());
+        ns_exec(&sw, &["ip", "link", "add", "br0", "type", "bridge"]);
+        ns_exec(&sw, &["ip", "link", "set", "br0", "up"]);
+        // A host with br_netfilter loaded would validate and reassemble IPv4 on our bridge
+        // (dropping the malformed frames this test sends on purpose); a real switch does not.
+        // Namespace-local since Linux 5.3; absent without br_netfilter.
+        let _ = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &sw,
+            "sysctl",
+            "-qw",
+            "net.bridge.bridge-nf-call-iptables=0",
+        ]);
+        let mut hosts: Vec<(&str, String)> = vec![
+            ("cl", "10.200.1.1/16".into()),
+            ("la", format!("{LB_A}/16")),
+            ("lb", format!("{LB_B}/16")),
+        ];
+        for (i, (_, ip)) in GATEWAYS.iter().enumerate() {
+            hosts.push((["g1", "g2", "g3"][i], format!("{ip}/16")));
+        }
+        for (role, addr) in &hosts {
+            let ns = t.ns(role);
+            sh(&["ip", "netns", "add", &ns]);
+            t.namespaces.push(ns.clone());
+            let peer = format!("v{}{role}", t.tag);
+            sh(&[
+                "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &peer,
+                "netns", &sw,
+            ]);
+            ns_exec(&sw, &["ip", "link", "set", &peer, "master", "br0", "up"]);
+            ns_exec(&ns, &["ip", "addr", "add", addr, "dev", "eth0"]);
+            ns_exec(&ns, &["ip", "link", "set", "eth0", "up"]);
+            ns_exec(&ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        let cl = t.ns("cl");
+        for n in 2..=CLIENTS {
+            ns_exec(
+                &cl,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.200.1.{n}/16"),
+                    "dev",
+                    "eth0",
+                ],
+            );
+        }
+        for role in ["g1", "g2", "g3"] {
+            let ns = t.ns(role);
+            ns_exec(
+                &ns,
+                &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+            );
+            // Namespace-local: these sysctls live in the gateway's own network namespace.
+            ns_exec(&ns, &["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"]);
+            ns_exec(&ns, &["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"]);
+            ns_exec(&ns, &["sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=1"]);
+            ns_exec(&ns, &["sysctl", "-qw", "net.ipv4.conf.eth0.arp_announce=2"]);
+        }
+        for (i, (name, _)) in GATEWAYS.iter().enumerate() {
+            t.gateway(&t.ns(["g1", "g2", "g3"][i]), name);
+        }
+        Some(t)
+    }
+
+    /// Starts a gateway's TCP (443) and UDP (3391) servers inside `ns`.
+    fn gateway(&self, ns: &str, name: &'static str) {
+        let (tcp, udp) = in_ns(ns, || {
+            let tcp = TcpListener::bind("0.0.0.0:443").expect("gateway tcp");
+            let udp = UdpSocket::bind("0.0.0.0:3391").expect("gateway udp");
+            (tcp, udp)
+        });
+        tcp.set_nonblocking(true).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = self.stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                match tcp.accept() {
+                    Ok((s, peer)) => {
+                        std::thread::spawn(move || serve_tcp(s, peer, name));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        let stop = self.stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Acquire) {
+                if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(format!("{name} {}\n", peer.ip()).as_bytes(), peer);
+                }
+            }
+        });
+    }
+
+    fn config(&self, node: &str, forwarding: &str, metrics: Ipv4Addr) -> std::path::PathBuf {
+        let backends: Vec<String> = GATEWAYS
+            .iter()
+            .map(|(n, ip)| format!("{{ name = \"{n}\", address = \"{ip}\" }}"))
+            .collect();
+        let interface = if forwarding == "dsr" {
+            "interface = \"eth0\""
+        } else {
+            ""
+        };
+        let text = format!(
+            r#"
+[node]
+name = "{node}"
+{interface}
+
+[[service]]
+name = "tls"
+listen = "{VIP}:443"
+pool = "gw"
+forwarding = "{forwarding}"
+affinity = {{ group = "rdgw" }}
+
+[[service]]
+name = "udp"
+listen = "{VIP}:3391"
+protocol = "udp"
+pool = "gw"
+forwarding = "{forwarding}"
+affinity = {{ group = "rdgw" }}
+
+[pool.gw]
+table_size = 251
+backends = [ {} ]
+
+[pool.gw.health]
+interval_ms = 500
+timeout_ms = 300
+checks = ["tcp"]
+
+[metrics]
+listen = "{metrics}:9469"
+
+[admin]
+socket = "{}/{node}.sock"
+"#,
+            backends.join(", "),
+            self.dir.display()
+        );
+        let path = self.dir.join(format!("{node}-{forwarding}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts `portico run` in the balancer namespace `role`; returns its index in children.
+    fn balancer(&mut self, role: &str, forwarding: &str, ip: Ipv4Addr) -> usize {
+        let config = self.config(role, forwarding, ip);
+        let log = File::create(self.dir.join(format!("{role}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(role), BIN, "run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("portico run");
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn kill(&mut self, child: usize) {
+        let c = &mut self.children[child];
+        let _ = c.kill(); // SIGKILL, to the PID we started (ip netns exec execs portico)
+        let _ = c.wait();
+    }
+
+    fn log(&self, role: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{role}.log"))).unwrap_or_default()
+    }
+
+    fn mac(&self, role: &str) -> [u8; 6] {
+        let out = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns(role),
+            "cat",
+            "/sys/class/net/eth0/address",
+        ])
+        .unwrap();
+        arp::parse_mac(out.trim()).unwrap()
+    }
+
+    fn rx_bytes(&self, role: &str) -> u64 {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns(role),
+            "cat",
+            "/sys/class/net/eth0/statistics/rx_bytes",
+        ])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`: sockets it creates live there.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).expect("netns file");
+        // SAFETY: setns on a namespace file we hold open; affects this thread only.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// The gateway's answers: a greeting naming itself and the peer it sees; then each byte is
+/// echoed, except `X`, answered by 1 MiB (a reply volume that must not cross the balancer).
+fn serve_tcp(mut s: TcpStream, peer: SocketAddr, name: &str) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    if s.write_all(format!("{name} {}\n", peer.ip()).as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    let mut b = [0u8; 1];
+    while let Ok(1) = s.read(&mut b) {
+        let ok = if b[0] == b'X' {
+            s.write_all(&vec![b'.'; 1 << 20]).is_ok()
+        } else {
+            s.write_all(&b).is_ok()
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+fn client_addr(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, 1, n)
+}
+
+/// Connects from `src` to VIP:443 and reads the greeting: (gateway, peer it saw).
+fn greet(s: &mut TcpStream) -> (String, String) {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let (g, p) = line.split_once(' ').unwrap_or((&line, ""));
+    (g.to_owned(), p.to_owned())
+}
+
+fn connect_from(src: Ipv4Addr) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(IpAddr::V4(src), 0).into())?;
+    sock.connect_timeout(
+        &SocketAddr::new(IpAddr::V4(VIP), 443).into(),
+        Duration::from_secs(5),
+    )?;
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+fn scrape(ns: &str, at: Ipv4Addr) -> String {
+    in_ns(ns, move || {
+        let Ok(mut s) =
+            TcpStream::connect_timeout(&SocketAddr::new(at.into(), 9469), Duration::from_secs(1))
+        else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+}
+
+/// Sum of the samples of `name` whose labels contain `labels`.
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits for the balancer's metrics to say the forwarder is active.
+fn wait_active(t: &Topology, role: &str, ip: Ipv4Addr) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        if metric(&scrape(&t.ns(role), ip), "portico_dsr_active", "") == 1.0 {
+            // A moment for the backend MACs to be learnt (ARP round trip).
+            std::thread::sleep(Duration::from_millis(300));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{role} never became active; log:\n{}", t.log(role));
+}
+
+#[test]
+fn dsr_reaches_gateways_by_client_with_real_addresses_and_replies_bypass_the_balancer() {
+    let Some(mut t) = Topology::new("f") else {
+        return;
+    };
+    t.balancer("la", "dsr", LB_A);
+    wait_active(&t, "la", LB_A);
+    let cl = t.ns("cl");
+
+    // TCP: two connections per client address land on one gateway, which sees the client.
+    let placed: Vec<(u8, String)> = in_ns(&cl, || {
+        let mut v = Vec::new();
+        for n in 1..=CLIENTS {
+            let src = client_addr(n);
+            let mut a = connect_from(src).expect("connect through the VIP");
+            let mut b = connect_from(src).expect("second connect");
+            let (ga, pa) = greet(&mut a);
+            let (gb, pb) = greet(&mut b);
+            assert_eq!(
+                pa,
+                src.to_string(),
+                "the gateway sees the client's own address"
+            );
+            assert_eq!(pb, src.to_string());
+            assert_eq!(ga, gb, "client {src}: both connections on one gateway");
+            v.push((n, ga));
+        }
+        v
+    });
+    let used: std::collections::BTreeSet<&String> = placed.iter().map(|(_, g)| g).collect();
+    assert!(used.len() >= 2, "clients spread over gateways: {placed:?}");
+
+    // UDP lands with the client's TCP flows.
+    let placed2 = placed.clone();
+    in_ns(&cl, move || {
+        for (n, gw) in placed2 {
+            let u = UdpSocket::bind(SocketAddr::new(client_addr(n).into(), 0)).unwrap();
+            u.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut buf = [0u8; 256];
+            let mut answer = None;
+            for _ in 0..6 {
+                let _ = u.send_to(b"hi", (VIP, 3391));
+                if let Ok((len, _)) = u.recv_from(&mut buf) {
+                    answer = Some(String::from_utf8_lossy(&buf[..len]).into_owned());
+                    break;
+                }
+            }
+            let answer = answer.expect("udp answer through the VIP");
+            assert_eq!(
+                answer.trim(),
+                format!("{gw} {}", client_addr(n)),
+                "udp with tcp"
+            );
+        }
+    });
+
+    // Replies bypass the balancer: 4 MiB of replies, and the balancer receives only the
+    // client's side.
+    let before = t.rx_bytes("la");
+    let m0 = scrape(&t.ns("la"), LB_A);
+    let got = in_ns(&cl, || {
+        let mut total = 0;
+        for n in 1..=4 {
+            let mut s = connect_from(client_addr(n)).unwrap();
+            greet(&mut s);
+            s.write_all(b"X").unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = 0;
+            while got < 1 << 20 {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => got += k,
+                }
+            }
+            total += got;
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        total
+    });
+    assert_eq!(got, 4 << 20, "every reply byte reached the client");
+    let received = t.rx_bytes("la") - before;
+    // The flow gauge is refreshed once a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let m1 = scrape(&t.ns("la"), LB_A);
+    let forwarded =
+        metric(&m1, "portico_dsr_bytes_total", "") - metric(&m0, "portico_dsr_bytes_total", "");
+    assert!(
+        received < 512 * 1024,
+        "the balancer received {received} bytes while 4 MiB went from gateways to the client"
+    );
+    assert!(
+        forwarded > 0.0 && forwarded < 512.0 * 1024.0,
+        "forwarded {forwarded} bytes client→VIP"
+    );
+    assert!(metric(&m1, "portico_dsr_packets_total", "backend=\"gw") > 0.0);
+    assert!(metric(&m1, "portico_dsr_flows", "") >= 1.0, "{m1}");
+
+    // Frames that are not ours, truncated, or fragments: counted, never forwarded.
+    let lb_mac = t.mac("la");
+    let cl_mac = t.mac("cl");
+    let m0 = scrape(&t.ns("la"), LB_A);
+    let src = client_addr(1);
+    // IP says 140 bytes, 50 arrive (longer than the 60-byte minimum frame, so no padding).
+    let mut truncated = build::ipv4(lb_mac, cl_mac, src, VIP, Protocol::Tcp, 1111, 443, 100);
+    truncated.truncate(14 + 50);
+    let mut fragment = build::ipv4(lb_mac, cl_mac, src, VIP, Protocol::Udp, 1111, 3391, 100);
+    fragment[14 + 6] = 0x20; // MF
+    let other_port = build::ipv4(lb_mac, cl_mac, src, VIP, Protocol::Tcp, 1111, 80, 0);
+    let other_ip = build::ipv4(
+        lb_mac,
+        cl_mac,
+        src,
+        Ipv4Addr::new(10, 200, 0, 77),
+        Protocol::Tcp,
+        1111,
+        443,
+        0,
+    );
+    let frames = vec![truncated, fragment, other_port, other_ip];
+    in_ns(&cl, move || inject("eth0", &frames));
+    std::thread::sleep(Duration::from_millis(300));
+    let m1 = scrape(&t.ns("la"), LB_A);
+    let d = |name: &str, labels: &str| metric(&m1, name, labels) - metric(&m0, name, labels);
+    assert_eq!(
+        d("portico_dsr_drops_total", "reason=\"truncated\""),
+        1.0,
+        "{m1}"
+    );
+    assert_eq!(d("portico_dsr_drops_total", "reason=\"fragment\""), 1.0);
+    assert!(
+        d("portico_dsr_frames_passed_total", "") >= 1.0,
+        "port 80 is passed"
+    );
+    assert_eq!(
+        d("portico_dsr_packets_total", ""),
+        0.0,
+        "none of them forwarded"
+    );
+}
+
+/// Sends raw Ethernet frames out of `iface` (in the calling thread's namespace).
+fn inject(iface: &str, frames: &[Vec<u8>]) {
+    let name = std::ffi::CString::new(iface).unwrap();
+    // SAFETY: plain syscalls on a socket we own and close below.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        sll.sll_halen = 6;
+        for f in frames {
+            let r = libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert!(r >= 0, "inject: {}", std::io::Error::last_os_error());
+        }
+        libc::close(fd);
+    }
+}
+
+/// A session echoing one byte every 50 ms for `secs`, recording the longest wait for an echo.
+/// Returns (echoes, longest gap, error if the session broke).
+fn echo_session(mut s: TcpStream, run_for: Duration) -> (usize, Duration, Option<String>) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+    let t0 = Instant::now();
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut echoes = 0;
+    let mut b = [0u8; 1];
+    while t0.elapsed() < run_for {
+        if let Err(e) = s.write_all(b"e") {
+            return (echoes, longest, Some(format!("write: {e}")));
+        }
+        match s.read(&mut b) {
+            Ok(1) => {}
+            Ok(_) => return (echoes, longest, Some("closed".into())),
+            Err(e) => return (echoes, longest, Some(format!("read: {e}"))),
+        }
+        echoes += 1;
+        longest = longest.max(last.elapsed());
+        last = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (echoes, longest, None)
+}
+
+/// Sends one gratuitous ARP for the VIP from `iface` (what a proxy-mode VIP owner does).
+fn announce(iface: &str, mac: [u8; 6]) {
+    let mut f = [0u8; 64];
+    let n = arp::gratuitous(&mut f, VIP, mac);
+    inject(iface, &[f[..n].to_vec()]);
+}
+
+#[test]
+fn a_session_survives_a_balancer_kill_in_dsr_and_breaks_in_proxy_mode() {
+    let Some(mut t) = Topology::new("h") else {
+        return;
+    };
+    let cl = t.ns("cl");
+
+    // dsr: A forwards; a session runs; A is killed and B starts (announcing the VIP).
+    let a = t.balancer("la", "dsr", LB_A);
+    wait_active(&t, "la", LB_A);
+    let session = in_ns(&cl, || {
+        let mut s = connect_from(client_addr(3)).expect("connect");
+        greet(&mut s);
+        std::thread::spawn(move || echo_session(s, Duration::from_secs(6)))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    t.kill(a);
+    let killed = Instant::now();
+    t.balancer("lb", "dsr", LB_B);
+    wait_active(&t, "lb", LB_B);
+    let takeover = killed.elapsed();
+    eprintln!("dsr: B active {takeover:?} after the kill");
+    let (echoes, gap, error) = session.join().unwrap();
+    eprintln!("dsr: {echoes} echoes, longest gap {gap:?}, error {error:?}");
+    assert_eq!(error, None, "the dsr session survives the hand-over");
+    // The session resumes at the client's first TCP retransmission after B took over (RTO
+    // backoff: 0.2, 0.4, 0.8, 1.6 s ... apart), so the gap is bounded by the takeover time
+    // plus one backed-off retransmission interval, not by any timeout of the session.
+    assert!(
+        gap < takeover + Duration::from_millis(3500),
+        "gap {gap:?} after a takeover of {takeover:?}"
+    );
+    assert!(
+        gap >= Duration::from_millis(100),
+        "the kill did interrupt: gap {gap:?}"
+    );
+    let m = scrape(&t.ns("lb"), LB_B);
+    assert!(
+        metric(&m, "portico_dsr_flow_misses_total", "") >= 1.0
+            && metric(&m, "portico_dsr_packets_total", "") >= 1.0,
+        "B carried the session from its first packet on (a miss placed by Maglev)"
+    );
+    let b = t.children.len() - 1;
+    t.kill(b);
+
+    // proxy: A holds the VIP and proxies; A dies, B takes the VIP over; the session breaks.
+    let la = t.ns("la");
+    let lb = t.ns("lb");
+    ns_exec(
+        &la,
+        &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "eth0"],
+    );
+    let a = t.balancer("la", "proxy", LB_A);
+    let t0 = Instant::now();
+    let session = loop {
+        let attempt = in_ns(&cl, || connect_from(client_addr(3)));
+        if let Ok(mut s) = attempt {
+            // The client's ARP cache may still point at B from the dsr half.
+            greet(&mut s);
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "proxy A never served"
+        );
+        announce_from(&la, t.mac("la"));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let session = std::thread::spawn(move || echo_session(session, Duration::from_secs(6)));
+    std::thread::sleep(Duration::from_secs(2));
+    t.kill(a);
+    ns_exec(
+        &la,
+        &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "eth0"],
+    );
+    ns_exec(
+        &lb,
+        &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "eth0"],
+    );
+    t.balancer("lb", "proxy", LB_B);
+    announce_from(&lb, t.mac("lb"));
+    let (echoes, gap, error) = session.join().unwrap();
+    eprintln!("proxy: {echoes} echoes, longest gap {gap:?}, error {error:?}");
+    assert!(
+        error.is_some(),
+        "the proxied session breaks at the hand-over"
+    );
+}
+
+fn announce_from(ns: &str, mac: [u8; 6]) {
+    in_ns(ns, move || announce("eth0", mac));
+}
