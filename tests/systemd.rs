@@ -424,7 +424,8 @@ fn unit_exposure_is_at_most_2_0() {
 
 /// Under ProtectKernelTunables=yes /proc/sys is read-only: Portico must not rely on writing a
 /// sysctl (IP_FREEBIND per socket replaces net.ipv4.ip_nonlocal_bind). A code line (not a
-/// comment) naming /proc/sys is where such a write would start.
+/// comment) naming /proc/sys is where such a write would start; reading one (the dsr
+/// forwarder warns when IP forwarding is on) stays allowed.
 #[test]
 fn source_never_touches_proc_sys() {
     let mut hits = Vec::new();
@@ -438,7 +439,8 @@ fn source_never_touches_proc_sys() {
                 let text = std::fs::read_to_string(&p).unwrap();
                 for (n, l) in text.lines().enumerate() {
                     let code = l.trim_start();
-                    if l.contains("/proc/sys") && !code.starts_with("//") {
+                    let read_only = l.contains("read_to_string(");
+                    if l.contains("/proc/sys") && !code.starts_with("//") && !read_only {
                         hits.push(format!("{}:{}: {}", p.display(), n + 1, l.trim()));
                     }
                 }
