@@ -13,16 +13,6 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
-/// Kills the child on drop so a failing test leaves no process behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn sigterm(child: &Child) {
     // SAFETY: kill(2) on a PID we started and still own (not yet reaped).
     unsafe {
@@ -52,7 +42,7 @@ async fn lab_serves_ms_tsgu_udp_and_metrics_then_stops_cleanly_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn portico lab");
-    let mut g = Guard(child);
+    let mut g = Proc(child);
     let out = g.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -289,7 +279,7 @@ async fn emfile_on_accept_is_counted_and_backed_off() {
             Ok(())
         });
     }
-    let mut g = Guard(cmd.spawn().unwrap());
+    let mut g = Proc(cmd.spawn().unwrap());
     let err = g.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -410,7 +400,7 @@ async fn sim_gateway_process_checks_tokens_and_takes_faults() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut g = Guard(child);
+    let mut g = Proc(child);
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", ctl)).is_err() {
         assert!(

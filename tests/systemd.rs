@@ -2,42 +2,16 @@
 //! STOPPING=1 to a notify socket the test owns, as systemd would see them; and the shipped unit
 //! passes `systemd-analyze verify` and scores an exposure of at most 2.0.
 
+mod common;
+
 use std::io::Read;
+
+use common::{Proc, TempDir};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A scratch directory removed on drop, even when the test fails.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("portico-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills the daemon we started (by its PID) if the test ends before it exits.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -111,9 +85,9 @@ socket = "{admin}"
     (config, service)
 }
 
-fn spawn_run(dir: &Path, config: &Path, notify_socket: &std::ffi::OsStr) -> ChildGuard {
+fn spawn_run(dir: &Path, config: &Path, notify_socket: &std::ffi::OsStr) -> Proc {
     let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-    ChildGuard(
+    Proc(
         Command::new(env!("CARGO_BIN_EXE_portico"))
             .args(["run", "--workers", "1", "--config"])
             .arg(config)
@@ -153,7 +127,7 @@ fn expect_ready(sock: &UnixDatagram, service: SocketAddr, dir: &Path) {
 }
 
 /// SIGTERM: STOPPING=1, then a clean exit after the drain.
-fn expect_stopping(mut child: ChildGuard, sock: &UnixDatagram, dir: &Path) {
+fn expect_stopping(mut child: Proc, sock: &UnixDatagram, dir: &Path) {
     let pid = child.0.id() as libc::pid_t;
     // SAFETY: kill(2) on the PID of the child this test spawned and still owns.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -266,7 +240,7 @@ fn run_without_notify_socket_serves_and_sends_nothing() {
         ),
     )
     .unwrap();
-    let mut child = ChildGuard(
+    let mut child = Proc(
         Command::new(env!("CARGO_BIN_EXE_portico"))
             .args(["run", "--workers", "1", "--config"])
             .arg(&config)
@@ -533,7 +507,7 @@ fn run_works_unprivileged_with_only_the_three_capabilities() {
     );
 
     let stderr = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
-    let child = ChildGuard(
+    let child = Proc(
         confine(",+net_admin,+net_raw,+net_bind_service")
             .stderr(stderr)
             .spawn()
