@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CPU time per proxied connection (Connection: close, 128 B) for Portico and HAProxy side by
+# CPU time per proxied connection (Connection: close, 128 B; MODE=keepalive: per request) for
+# Portico and HAProxy side by
 # side, alternating rounds, one worker thread each, nginx as the backend; loopback only.
 # Throughput on a shared 2-core machine swings with other load; the CPU a proxy spends per
 # connection (utime+stime from /proc, divided by connections served) barely does.
@@ -10,13 +11,17 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 A=${PORTICO_BIN:-$here/target/release/portico}
 B=${PORTICO_BIN_B:-}
 ROUNDS=${ROUNDS:-3}
+# MODE=close: a new connection per request (the default); MODE=keepalive: requests on kept
+# connections, so the figure is CPU per relayed request/response.
+MODE=${MODE:-close}
+if [ "$MODE" = keepalive ]; then KA="keepalive_timeout 60s; keepalive_requests 1000000;"; HDR=(); else KA="keepalive_timeout 0;"; HDR=(-H "Connection: close"); fi
 for t in nginx haproxy wrk; do command -v $t >/dev/null || { echo "needs $t (see ../shared/bench/README.md)"; exit 2; }; done
 d=$(mktemp -d); cd "$d"
 mkdir -p www; head -c 128 /dev/zero | tr '\0' a > www/small.html
 cat > nginx.conf <<NG
 worker_processes 1; pid $d/nginx.pid; error_log $d/nginx.err; daemon off;
 events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:18091; root $d/www; keepalive_timeout 0; } }
+http { access_log off; server { listen 127.0.0.1:18091; root $d/www; $KA } }
 NG
 nginx -c $d/nginx.conf & NGPID=$!
 mk() { cat > $d/$1.toml <<T
@@ -59,11 +64,11 @@ for round in $(seq "$ROUNDS"); do
   for who in $whos; do
     pid=$OLD; port=18090; [ $who = portico_b ] && { pid=$NEW; port=18092; }; [ $who = haproxy ] && { pid=$HAP; port=18093; }
     c0=$(cpu $pid)
-    out=$(timeout 30 wrk -t1 -c20 -d4 -H "Connection: close" http://127.0.0.1:$port/small.html)
+    out=$(timeout 30 wrk -t1 -c20 -d4 ${HDR[@]+"${HDR[@]}"} http://127.0.0.1:$port/small.html)
     c1=$(cpu $pid)
     reqs=$(echo "$out" | awk '/requests in/{print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
     ticks=$((c1-c0)); hz=$(getconf CLK_TCK)
-    echo "round $round $who: $reqs conns, $rps conn/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/conn", t/h*1e6/r}')"
+    echo "round $round $who ($MODE): $reqs requests, $rps req/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}')"
   done
 done
