@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CPU time per proxied connection (Connection: close, 128 B; MODE=keepalive: per request) for
-# Portico and HAProxy side by
-# side, alternating rounds, one worker thread each, nginx as the backend; loopback only.
+# Portico and HAProxy side by side, alternating rounds, one worker thread each, nginx as the
+# backend; loopback only.
 # Throughput on a shared 2-core machine swings with other load; the CPU a proxy spends per
 # connection (utime+stime from /proc, divided by connections served) barely does.
 #   cargo build --release && benches/cpu-per-conn.sh
