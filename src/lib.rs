@@ -30,6 +30,8 @@
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
 //! - [`cli`]: subcommands beyond wiring (`portico token ...`), returning text and status.
+//! - [`vrrp`]: VRRPv3 (RFC 5798): packet codec and state machine (pure), and the driver
+//!   (raw IP protocol 112 socket, timers) that holds the VIP while master.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
 
 pub mod affinity;
@@ -47,3 +49,4 @@ pub mod rdg;
 pub mod sim;
 pub mod snapshot;
 pub mod token;
+pub mod vrrp;

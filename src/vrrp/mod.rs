@@ -1,0 +1,13 @@
+//! VRRPv3 (RFC 5798): the packet codec and the state machine (both pure), and the driver that
+//! runs one instance per VRID on the control runtime.
+//!
+//! - [`packet`]: advert parse/encode, checksum with the IPv4/IPv6 pseudo-header, the IPv4
+//!   header of raw-socket reads, and [`RxError`], the reasons a packet is dropped.
+//! - [`machine`]: Initialize/Backup/Master with skew time, Master_Down_Interval, preempt,
+//!   preempt delay, owner rule, tie-break and dual-master detection; no I/O.
+
+pub mod machine;
+pub mod packet;
+
+pub use machine::{Action, Event, Machine, Params, Reason, State, Timer};
+pub use packet::{Advert, RxError};
