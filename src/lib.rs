@@ -30,6 +30,8 @@
 //! - [`lab`]: the embedded loopback lab behind `portico lab`.
 //! - [`check`]: the effective plan `portico check` prints.
 //! - [`cli`]: subcommands beyond wiring (`portico token ...`), returning text and status.
+//! - [`vip`]: VIP addresses on the interface (rtnetlink), gratuitous ARP / unsolicited NA,
+//!   ARP conflict probe, cleanup of VIPs left by a crashed run.
 //! - [`vrrp`]: VRRPv3 (RFC 5798): packet codec and state machine (pure), and the driver
 //!   (raw IP protocol 112 socket, timers) that holds the VIP while master.
 //! - [`daemon`]: wires the parts together for `portico run` and `portico lab`.
@@ -49,4 +51,5 @@ pub mod rdg;
 pub mod sim;
 pub mod snapshot;
 pub mod token;
+pub mod vip;
 pub mod vrrp;

@@ -155,6 +155,21 @@ const BROKEN: &[Case] = &[
         ],
     ),
     (
+        "broken-vip-announce.toml",
+        &[
+            (
+                8,
+                "vip.label",
+                "\"enp0s31f6:portico-vip\" is longer than the kernel's 15-byte address label",
+            ),
+            (
+                9,
+                "vip.garp_master_repeat",
+                "must be between 1 and 100, got 0",
+            ),
+        ],
+    ),
+    (
         "broken-table-size.toml",
         &[(12, "pool.gw.table_size", "65536 is not prime")],
     ),

@@ -40,6 +40,11 @@ pub struct RawVip {
     pub addresses: Option<Vec<String>>,
     pub mode: Option<String>,
     pub vrrp: Option<RawVrrp>,
+    pub label: Option<String>,
+    pub garp_master_delay_ms: Option<i64>,
+    pub garp_master_repeat: Option<i64>,
+    pub garp_interval_ms: Option<i64>,
+    pub garp_master_refresh_s: Option<i64>,
 }
 
 /// `[vip.vrrp]`
@@ -54,6 +59,7 @@ pub struct RawVrrp {
     pub accept_mode: Option<bool>,
     pub unicast_peers: Option<Vec<String>>,
     pub track_pool_penalty: Option<i64>,
+    pub checksum_as_v2: Option<bool>,
 }
 
 /// `[[service]]`

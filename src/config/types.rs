@@ -49,6 +49,23 @@ pub struct IpPrefix {
 pub struct Vip {
     pub addresses: Vec<IpPrefix>,
     pub mode: VipMode,
+    /// IPv4 address label suffix: VIPs carry `IFACE:label`, which is how a restarted node
+    /// recognises (and removes) addresses a crashed one left behind.
+    pub label: String,
+    pub announce: Announce,
+}
+
+/// Gratuitous ARP / unsolicited NA schedule, keepalived's `garp_master_*` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announce {
+    /// Announcements per burst (`garp_master_repeat`), >= 1.
+    pub repeat: u32,
+    /// Spacing within a burst (`garp_interval`).
+    pub interval: Duration,
+    /// A second burst this long after taking the VIP (`garp_master_delay`); zero: none.
+    pub delay: Duration,
+    /// While holding the VIP, one announcement this often (`garp_master_refresh`); `None`: off.
+    pub refresh: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +91,9 @@ pub struct Vrrp {
     pub unicast_peers: Vec<IpAddr>,
     /// Priority is lowered by this much while a pool has no eligible backend.
     pub track_pool_penalty: u8,
+    /// Also accept IPv4 adverts whose checksum has no pseudo-header (keepalived
+    /// `v3_checksum_as_v2` peers).
+    pub checksum_as_v2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

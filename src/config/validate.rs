@@ -560,7 +560,67 @@ fn vip(raw: RawVip, node: &Node, root: &FieldPath, r: &mut Report<'_>) -> Option
             VipMode::Standalone
         }
     };
-    Some(Vip { addresses, mode })
+    let label_path = p.key("label");
+    let label = raw.label.unwrap_or_else(|| d::VIP_LABEL.to_owned());
+    let iface_len = node.interface.as_deref().map_or(0, str::len);
+    if label.is_empty()
+        || !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        r.error(
+            &label_path,
+            format!("\"{label}\" must be non-empty letters, digits, '-', '_' or '.'"),
+        );
+    } else if iface_len + 1 + label.len() > MAX_IFNAME {
+        r.error(
+            &label_path,
+            format!(
+                "\"{}:{label}\" is longer than the kernel's {MAX_IFNAME}-byte address label; shorten the label",
+                node.interface.as_deref().unwrap_or_default()
+            ),
+        );
+    }
+    let repeat = r.u32(
+        &p.key("garp_master_repeat"),
+        raw.garp_master_repeat,
+        d::GARP_MASTER_REPEAT,
+        1,
+        100,
+    );
+    let interval = r.u64(
+        &p.key("garp_interval_ms"),
+        raw.garp_interval_ms,
+        d::GARP_INTERVAL_MS,
+        0,
+        10_000,
+    );
+    let delay = r.u64(
+        &p.key("garp_master_delay_ms"),
+        raw.garp_master_delay_ms,
+        d::GARP_MASTER_DELAY_MS,
+        0,
+        3_600_000,
+    );
+    let refresh = r.u64(
+        &p.key("garp_master_refresh_s"),
+        raw.garp_master_refresh_s,
+        d::GARP_MASTER_REFRESH_S,
+        0,
+        86_400,
+    );
+    let announce = Announce {
+        repeat,
+        interval: ms(interval),
+        delay: ms(delay),
+        refresh: (refresh > 0).then(|| secs(refresh)),
+    };
+    Some(Vip {
+        addresses,
+        mode,
+        label,
+        announce,
+    })
 }
 
 fn vrrp(raw: RawVrrp, p: &FieldPath, r: &mut Report<'_>) -> Vrrp {
@@ -627,6 +687,7 @@ fn vrrp(raw: RawVrrp, p: &FieldPath, r: &mut Report<'_>) -> Vrrp {
         accept_mode: raw.accept_mode.unwrap_or(d::VRRP_ACCEPT_MODE),
         unicast_peers,
         track_pool_penalty,
+        checksum_as_v2: raw.checksum_as_v2.unwrap_or(d::VRRP_CHECKSUM_AS_V2),
     }
 }
 
