@@ -35,6 +35,11 @@ pub struct Running {
     connections: TaskTracker,
     /// The data-plane threads (one current-thread runtime each).
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// One per VRRP instance (empty unless `[vip] mode = "vrrp"`): state, demote, resume.
+    pub vrrp: Vec<crate::vrrp::Handle>,
+    /// Stops VRRP (priority-0 advert) and removes VIPs, before the drain.
+    vip_stop: CancellationToken,
+    vip_tasks: TaskTracker,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +64,15 @@ impl Running {
             drain_s = drain.as_secs_f64(),
             "shutting down: listeners closed, draining"
         );
+        // Hand the VIP over first: the peer takes over within its skew time while we drain.
+        self.vip_stop.cancel();
+        self.vip_tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.vip_tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("VRRP/VIP tasks did not stop within 5 s");
+        }
         self.accept_stop.cancel();
         self.connections.close();
         let left = match tokio::time::timeout(drain, self.connections.wait()).await {
@@ -216,7 +230,12 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
             connections.clone(),
         ));
     }
-    crate::health::spawn(&controller, &tasks, hard_stop.child_token()).context("health checks")?;
+    let first_round = crate::health::spawn(&controller, &tasks, hard_stop.child_token())
+        .context("health checks")?;
+    // After the listeners are bound (IP_FREEBIND lets them bind the VIP before we hold it).
+    let vip_stop = CancellationToken::new();
+    let vip_tasks = TaskTracker::new();
+    let vrrp = start_vip(&controller, first_round, &vip_tasks, &vip_stop).await?;
     let metrics_addr = match metrics_listener {
         Some(l) => {
             let a = l.local_addr()?;
@@ -253,7 +272,40 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         tasks,
         connections,
         threads,
+        vrrp,
+        vip_stop,
+        vip_tasks,
     })
+}
+
+/// VRRP instances, or the standalone VIPs, as the config says.
+async fn start_vip(
+    controller: &Arc<Controller>,
+    first_round: tokio::sync::watch::Receiver<usize>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<crate::vrrp::Handle>> {
+    let config = controller.config();
+    let (Some(vip), Some(interface)) = (&config.vip, &config.node.interface) else {
+        return Ok(Vec::new());
+    };
+    match vip.mode {
+        crate::config::VipMode::Standalone => {
+            crate::vip::start_standalone(interface, vip, controller.metrics(), tasks, stop.clone())
+                .await
+                .context("VIP (standalone)")?;
+            Ok(Vec::new())
+        }
+        crate::config::VipMode::Vrrp(_) => crate::vrrp::driver::start(
+            crate::vrrp::Spec::from_config(&config),
+            controller.clone(),
+            Some(first_round),
+            tasks,
+            stop.clone(),
+        )
+        .await
+        .context("VRRP"),
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, then drains for the configured time.

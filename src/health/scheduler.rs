@@ -51,15 +51,19 @@ struct Backend {
     hysteresis: Hysteresis,
     interval: Duration,
     passive: Option<mpsc::Receiver<()>>,
+    /// Counts down backends still waiting for their first probe (VRRP holds preemption until
+    /// it reaches zero); taken after this backend's first probe.
+    first_round: Option<Arc<tokio::sync::watch::Sender<usize>>>,
 }
 
 /// Starts one health task per backend of every pool with checks (or passive checking).
 /// Fails, before spawning anything, when a pool's probe cannot be set up (CA file, signing key).
+/// The returned receiver reaches zero once every probed backend has had its first probe.
 pub fn spawn(
     controller: &Arc<Controller>,
     tasks: &TaskTracker,
     stop: CancellationToken,
-) -> Result<(), SetupError> {
+) -> Result<tokio::sync::watch::Receiver<usize>, SetupError> {
     let config = controller.config();
     let snap = controller.snapshot().load_full();
     let metrics = controller.metrics().clone();
@@ -98,17 +102,21 @@ pub fn spawn(
                 hysteresis: Hysteresis::new(b.health, h.rise, h.fall),
                 interval: h.interval,
                 passive,
+                first_round: None,
             });
         }
     }
     if let Err(error) = controller.set_passive_sink(Some(Arc::new(sink))) {
         warn!(%error, "passive health checks not installed");
     }
-    for b in backends {
+    let (first_tx, first_rx) = tokio::sync::watch::channel(backends.len());
+    let first_tx = Arc::new(first_tx);
+    for mut b in backends {
+        b.first_round = Some(first_tx.clone());
         let span = tracing::info_span!("health.backend", pool = %b.pool, backend = %b.name);
         tasks.spawn(b.run(stop.clone()).instrument(span));
     }
-    Ok(())
+    Ok(first_rx)
 }
 
 /// `d` ± 10%, from `seed` (xorshift state, advanced).
@@ -146,6 +154,9 @@ impl Backend {
                         r = self.prober.probe(self.addr, Some(&self.name)) => r,
                     };
                     self.on_probe(&report);
+                    if let Some(f) = self.first_round.take() {
+                        f.send_modify(|n| *n = n.saturating_sub(1));
+                    }
                     next = Instant::now() + jittered(self.interval, &mut seed);
                 }
                 Some(()) = recv(&mut passive) => self.on_passive(),

@@ -313,3 +313,32 @@ fn probe_blocking(index: u32, mac: Mac, iface: &str, vips: &[Ipv4Addr]) -> anyho
     }
     Ok(())
 }
+
+/// Standalone mode: removes stale VIPs, probes for a conflict (refusing, with the other host's
+/// MAC, if one answers), takes the VIPs and holds them until `stop`, then removes them.
+pub async fn start_standalone(
+    interface: &str,
+    vip: &crate::config::Vip,
+    metrics: &Metrics,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut vips = Vips::open(
+        interface,
+        vip.addresses.clone(),
+        &vip.label,
+        vip.announce.clone(),
+        metrics,
+    )
+    .await?;
+    vips.clean_stale().await?;
+    vips.probe_conflicts().await?;
+    vips.take().await?;
+    tasks.spawn(async move {
+        stop.cancelled().await;
+        if let Err(e) = vips.release().await {
+            tracing::error!(error = %format!("{e:#}"), "removing the VIPs at shutdown failed");
+        }
+    });
+    Ok(())
+}

@@ -218,6 +218,12 @@ impl Machine {
     pub fn handle(&mut self, now: Instant, ev: Event) -> Actions {
         let mut out = Actions::new();
         match (self.state, ev) {
+            // Settings, in any state (also before Startup).
+            (_, Event::Priority(p)) => {
+                self.priority = p.max(1);
+                // A master's next advert carries it; a backup's next timer restart uses it.
+            }
+            (_, Event::PreemptHold(h)) => self.hold = h,
             (State::Initialize, Event::Startup) => {
                 self.started = Some(now);
                 if self.priority == PRIORITY_OWNER {
@@ -316,11 +322,6 @@ impl Machine {
                     });
                 }
             }
-            (_, Event::Priority(p)) => {
-                self.priority = p.max(1);
-                // A master's next advert carries it; a backup's next timer restart uses it.
-            }
-            (_, Event::PreemptHold(h)) => self.hold = h,
             (State::Master, Event::Demote) => {
                 self.priority = 1;
                 out.push(Action::SendAdvert {

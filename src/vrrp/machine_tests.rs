@@ -172,6 +172,21 @@ fn preempt_delay_and_hold_defer_preemption() {
 }
 
 #[test]
+fn settings_given_before_startup_apply() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(params(1, 150));
+    m.handle(t0, Event::PreemptHold(true));
+    m.handle(t0, Event::Priority(120));
+    m.handle(t0, Event::Startup);
+    assert_eq!(m.priority(), 120);
+    m.handle(t0 + ms(300), advert(50, ip(2)));
+    assert_eq!(
+        m.deadline().unwrap().1,
+        t0 + ms(300) + master_down_interval(120, 10)
+    );
+}
+
+#[test]
 fn resigning_master_is_replaced_within_skew_time() {
     let t0 = Instant::now();
     let mut m = Machine::new(params(1, 100));
