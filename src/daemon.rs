@@ -286,26 +286,25 @@ async fn start_vip(
     stop: &CancellationToken,
 ) -> anyhow::Result<Vec<crate::vrrp::Handle>> {
     let config = controller.config();
-    let (Some(vip), Some(interface)) = (&config.vip, &config.node.interface) else {
+    let Some(interface) = &config.node.interface else {
         return Ok(Vec::new());
     };
-    match vip.mode {
-        crate::config::VipMode::Standalone => {
+    for vip in config.vip_groups() {
+        if vip.mode == crate::config::VipMode::Standalone {
             crate::vip::start_standalone(interface, vip, controller.metrics(), tasks, stop.clone())
                 .await
                 .context("VIP (standalone)")?;
-            Ok(Vec::new())
         }
-        crate::config::VipMode::Vrrp(_) => crate::vrrp::driver::start(
-            crate::vrrp::Spec::from_config(&config),
-            controller.clone(),
-            Some(first_round),
-            tasks,
-            stop.clone(),
-        )
-        .await
-        .context("VRRP"),
     }
+    crate::vrrp::driver::start(
+        crate::vrrp::Spec::from_config(&config),
+        controller.clone(),
+        Some(first_round),
+        tasks,
+        stop.clone(),
+    )
+    .await
+    .context("VRRP")
 }
 
 /// Runs until SIGTERM or SIGINT, then drains for the configured time.

@@ -834,3 +834,187 @@ fn garbage_adverts_are_dropped_and_counted() {
     assert!(lab.holds(&a), "the master kept the VIP");
     assert!(!m.contains("portico_vrrp_transitions_total{from=\"master\""));
 }
+
+/// Standalone mode: an ARP probe finds another host on the address and Portico refuses to
+/// start, naming that host's MAC; with the address free it takes IPv4 and IPv6 VIPs, announces
+/// them (gratuitous ARP, unsolicited NA with Override, seen in the client namespace) and removes
+/// both on SIGTERM.
+#[test]
+fn standalone_conflict_probe_and_announcements() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new("s", 44, &["a", "x", "c"]);
+    let (a, x, c) = (
+        lab.nodes[0].clone(),
+        lab.nodes[1].clone(),
+        lab.nodes[2].clone(),
+    );
+    let vip = lab.vip();
+    let vip6 = "fd00:200:44::100";
+    lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
+    let conf = lab.dir.join("standalone.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"[node]
+name = "solo"
+interface = "eth0"
+
+[vip]
+addresses = ["{vip}/24", "{vip6}/64"]
+mode = "standalone"
+garp_master_delay_ms = 0
+garp_master_repeat = 2
+
+[[service]]
+name = "web"
+listen = "{vip}:{SERVICE_PORT}"
+pool = "be"
+backend_port = {BACKEND_PORT}
+
+[pool.be]
+backends = [ {{ name = "be1", address = "{}" }} ]
+
+[metrics]
+listen = "127.0.0.1:9469"
+"#,
+            lab.ip(2)
+        ),
+    )
+    .unwrap();
+
+    // Another host already has the address.
+    run(&[
+        "ip",
+        "-n",
+        &x,
+        "addr",
+        "add",
+        &format!("{vip}/24"),
+        "dev",
+        "eth0",
+    ]);
+    let x_mac = output(&["ip", "-n", &x, "-o", "link", "show", "eth0"])
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let pid = lab.portico(&a, &conf);
+    let child = lab.children.iter_mut().find(|c| c.id() == pid).unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "Portico did not refuse"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let log = lab.log(&a);
+    assert!(
+        log.contains(&format!(
+            "address conflict: {vip} is in use on eth0 by {x_mac}"
+        )),
+        "{log}"
+    );
+    assert!(!lab.holds(&a), "a refused address must not be added");
+
+    // The address is free: take, announce, release.
+    run(&[
+        "ip",
+        "-n",
+        &x,
+        "addr",
+        "del",
+        &format!("{vip}/24"),
+        "dev",
+        "eth0",
+    ]);
+    let pcap = lab.dir.join("standalone.pcap");
+    let dump = lab.tcpdump(&c, &pcap, "arp or icmp6");
+    let pid = lab.portico(&a, &conf);
+    assert!(
+        lab.wait_holds(&a, true, Duration::from_secs(5)).is_some(),
+        "{}",
+        lab.log(&a)
+    );
+    let has6 = |ns: &str| {
+        output(&["ip", "-n", ns, "-6", "-o", "addr", "show", "dev", "eth0"])
+            .contains(&format!("{vip6}/64"))
+    };
+    assert!(has6(&a), "IPv6 VIP added");
+    assert!(reach(&c, vip, Duration::from_secs(3)).is_some());
+    let m = lab.metrics(&a);
+    assert_eq!(
+        metric(&m, "portico_vip_announcements_total{kind=\"garp\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&m, "portico_vip_announcements_total{kind=\"na\"}"),
+        2.0
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    signal(pid, libc::SIGTERM);
+    wait_exit(&mut lab, pid);
+    assert!(!lab.holds(&a) && !has6(&a), "VIPs removed at shutdown");
+    signal(dump, libc::SIGTERM);
+    wait_exit(&mut lab, dump);
+    let a_mac = output(&["ip", "-n", &a, "-o", "link", "show", "eth0"])
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let na = output(&[
+        "tshark",
+        "-r",
+        pcap.to_str().unwrap(),
+        "-T",
+        "fields",
+        "-e",
+        "icmpv6.nd.na.target_address",
+        "-e",
+        "icmpv6.nd.na.flag.o",
+        "-e",
+        "icmpv6.opt.linkaddr",
+        "-e",
+        "ipv6.hlim",
+        "-e",
+        "icmpv6.checksum.status",
+        "-Y",
+        "icmpv6.type == 136",
+    ]);
+    let ours: Vec<&str> = na.lines().filter(|l| l.starts_with(vip6)).collect();
+    assert_eq!(ours.len(), 2, "two NAs for the IPv6 VIP:\n{na}");
+    for l in ours {
+        let f: Vec<&str> = l.split('\t').collect();
+        assert!(
+            matches!(f.get(1), Some(&"1") | Some(&"True")),
+            "Override set: {l}"
+        );
+        assert_eq!(f.get(2).copied(), Some(a_mac.as_str()), "{l}");
+        assert_eq!(f.get(3).copied(), Some("255"), "{l}");
+        assert_eq!(f.get(4).copied(), Some("1"), "checksum good: {l}");
+    }
+    let garps = output(&[
+        "tshark",
+        "-r",
+        pcap.to_str().unwrap(),
+        "-T",
+        "fields",
+        "-e",
+        "arp.src.hw_mac",
+        "-Y",
+        &format!("arp.src.proto_ipv4 == {vip} && arp.dst.proto_ipv4 == {vip}"),
+    ]);
+    assert_eq!(
+        garps.lines().filter(|l| l.trim() == a_mac).count(),
+        2,
+        "two GARPs from A:\n{garps}"
+    );
+}

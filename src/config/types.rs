@@ -14,7 +14,11 @@ pub struct Config {
     /// Where it was read from (for messages); `<embedded>` for generated configs.
     pub source: PathBuf,
     pub node: Node,
+    /// The `[vip]` table, or the first `[[vip]]` group.
     pub vip: Option<Vip>,
+    /// The second and later `[[vip]]` groups (each its own VRRP instance with its own VRID, so
+    /// two nodes can each be master of one: active/active).
+    pub vip_more: Vec<Vip>,
     /// In file order.
     pub services: Vec<Service>,
     /// Sorted by name.
@@ -26,6 +30,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every VIP group in file order.
+    pub fn vip_groups(&self) -> impl Iterator<Item = &Vip> {
+        self.vip.iter().chain(self.vip_more.iter())
+    }
+
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
     }

@@ -60,14 +60,26 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// The instances `config` asks for (none unless `[vip] mode = "vrrp"`).
+    /// The instances `config` asks for: one per VIP group with `mode = "vrrp"`.
     pub fn from_config(config: &Config) -> Vec<Spec> {
-        let (Some(vip), Some(interface)) = (&config.vip, &config.node.interface) else {
+        let Some(interface) = &config.node.interface else {
             return Vec::new();
         };
-        let VipMode::Vrrp(v) = &vip.mode else {
-            return Vec::new();
-        };
+        config
+            .vip_groups()
+            .filter_map(|vip| match &vip.mode {
+                VipMode::Vrrp(v) => Some(Spec::one(config, interface, vip, v)),
+                VipMode::Standalone => None,
+            })
+            .collect()
+    }
+
+    fn one(
+        config: &Config,
+        interface: &str,
+        vip: &crate::config::Vip,
+        v: &crate::config::Vrrp,
+    ) -> Spec {
         let mut tracked_pools: Vec<String> = config
             .services
             .iter()
@@ -79,8 +91,8 @@ impl Spec {
             .collect();
         tracked_pools.sort();
         tracked_pools.dedup();
-        vec![Spec {
-            interface: interface.clone(),
+        Spec {
+            interface: interface.to_owned(),
             vrid: v.vrid,
             priority: v.priority,
             interval_cs: u16::try_from(v.advert_interval.as_millis() / 10)
@@ -98,7 +110,7 @@ impl Spec {
             announce: vip.announce.clone(),
             track_penalty: v.track_pool_penalty,
             tracked_pools,
-        }]
+        }
     }
 }
 
