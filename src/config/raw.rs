@@ -36,7 +36,7 @@ pub struct RawNode {
 /// `[vip]` (one group) or `[[vip]]` (several groups, e.g. one VRRP instance each).
 #[derive(Debug)]
 pub enum RawVips {
-    One(RawVip),
+    One(Box<RawVip>),
     Many(Vec<RawVip>),
 }
 
@@ -52,7 +52,7 @@ impl<'de> Deserialize<'de> for RawVips {
             // and unknown-field errors exactly as for any other table.
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawVips, A::Error> {
                 RawVip::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(RawVips::One)
+                    .map(|v| RawVips::One(Box::new(v)))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawVips, A::Error> {
                 Vec::<RawVip>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))

@@ -405,7 +405,7 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
     let node = node(raw.node, &root.key("node"), r);
     let mut groups: Vec<Vip> = match raw.vip {
         None => Vec::new(),
-        Some(RawVips::One(v)) => vip(v, &node, &root.key("vip"), r).into_iter().collect(),
+        Some(RawVips::One(v)) => vip(*v, &node, &root.key("vip"), r).into_iter().collect(),
         Some(RawVips::Many(list)) => list
             .into_iter()
             .enumerate()
