@@ -2,7 +2,7 @@
 # VIP outage as a client sees it, Portico pairs and keepalived pairs side by side (root).
 #
 #   cargo build --release && sudo benches/vip_outage.sh [RUNS]        # outage mode (default 3)
-#   sudo benches/vip_outage.sh --long [SECONDS]                      # spurious-transition soak
+#   sudo benches/vip_outage.sh --long [SECONDS] [portico|keepalived] # spurious-transition soak
 #
 # Outage mode: two nodes (A priority 150 master, B 100) and a client on a bridge in network
 # namespaces, advert interval 100 ms. The client starts a TCP connect to VIP:port every 10 ms
@@ -109,7 +109,7 @@ vrrp_instance VI_1 {
   interface eth0
   virtual_router_id 51
   priority $2
-  advert_int 0.1
+  advert_int ${3:-0.1}
   virtual_ipaddress {
     $vip/24 dev eth0
   }
@@ -130,7 +130,7 @@ start_node() {
     ip netns exec "$ns" "$bin" run --workers 1 --config "$(portico_conf "$n-lb" 0 0 novip)" \
       2> "$work/$n-lb.log" &
     pids+=($!)
-    ip netns exec "$ns" keepalived -n -l -P -G -f "$(keepalived_conf "$n" "$3")" \
+    ip netns exec "$ns" keepalived -n -l -P -G -f "$(keepalived_conf "$n" "$3" "$(awk "BEGIN {print $4 / 1000}")")" \
       -p "$work/$n.pid" -r "$work/$n-vrrp.pid" > "$work/$n.log" 2>&1 &
     started=$!
     pids+=($started)
@@ -229,13 +229,21 @@ setup
 
 if [ "${1:-}" = --long ]; then
   secs=${2:-300}
-  start_node portico a 150 20; a=$started
-  start_node portico b 100 20
+  kind=${3:-portico}
+  start_node "$kind" a 150 20; a=$started
+  start_node "$kind" b 100 20
   wait_holds a
   sleep 2
-  metric() { ip netns exec "$tag$1" curl -s 127.0.0.1:9469/metrics | awk '/^portico_vrrp_transitions_total/ {s += $2} END {print s + 0}'; }
+  # Transitions so far: Portico's counter, or keepalived's state-change log lines.
+  metric() {
+    if [ "$kind" = portico ]; then
+      ip netns exec "$tag$1" curl -s 127.0.0.1:9469/metrics | awk '/^portico_vrrp_transitions_total/ {s += $2} END {print s + 0}'
+    else
+      grep -c 'Entering \(MASTER\|BACKUP\) STATE' "$work/$1.log" || true
+    fi
+  }
   ta=$(metric a); tb=$(metric b)
-  echo "soak: advert 20 ms, ${secs}s, connect loop through the master's balancer"
+  echo "soak ($kind): advert 20 ms, ${secs}s, connect loop through the master's balancer"
   ip netns exec "${tag}c" python3 -c "
 import socket, time
 end = time.monotonic() + $secs; n = 0; fail = 0
@@ -247,7 +255,7 @@ while time.monotonic() < end:
 print('client connects: %d ok, %d failed (%.0f/s)' % (n, fail, n / $secs))
 "
   echo "transitions during the soak: A $(( $(metric a) - ta )), B $(( $(metric b) - tb ))"
-  echo "dual-master adverts: $(ip netns exec "${tag}a" curl -s 127.0.0.1:9469/metrics | awk '/^portico_vrrp_dual_master_total/ {print $2}')"
+  [ "$kind" = portico ] && echo "dual-master adverts seen by A: $(ip netns exec "${tag}a" curl -s 127.0.0.1:9469/metrics | awk '/^portico_vrrp_dual_master_total/ {print $2}')"
   holds a && echo "A still master" || echo "A lost the VIP"
   exit 0
 fi

@@ -296,7 +296,7 @@ async fn start_vip(
                 .context("VIP (standalone)")?;
         }
     }
-    crate::vrrp::driver::start(
+    crate::vrrp::driver::start_on_own_thread(
         crate::vrrp::Spec::from_config(&config),
         controller.clone(),
         Some(first_round),

@@ -1018,3 +1018,93 @@ listen = "127.0.0.1:9469"
         "two GARPs from A:\n{garps}"
     );
 }
+
+/// The handle the admin side uses: an in-process daemon (started inside node A's namespace)
+/// exposes its instance; `demote` hands the VIP to the other node at once, `resume` lets A
+/// preempt it back; `state` follows.
+#[test]
+fn handle_demote_and_resume() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new("h", 45, &["a", "b", "c"]);
+    let (a, b, c) = (
+        lab.nodes[0].clone(),
+        lab.nodes[1].clone(),
+        lab.nodes[2].clone(),
+    );
+    let vip = lab.vip();
+    lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
+    let conf_a = lab.portico_config("lb-a", 150, lab.ip(2));
+    let conf_b = lab.portico_config("lb-b", 100, lab.ip(2));
+    lab.portico(&b, &conf_b);
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<&'static str>();
+    let path = format!("/run/netns/{a}");
+    let node = std::thread::spawn(move || {
+        enter(&path);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use portico::vrrp::State;
+            let config = portico::config::load(&conf_a).expect("config");
+            let running = portico::daemon::start_with(config, 1).await.expect("start");
+            assert_eq!(running.vrrp.len(), 1);
+            let mut h = running.vrrp[0].clone();
+            assert_eq!(h.vrid(), 51);
+            assert!(
+                h.wait_for(State::Master, Duration::from_secs(5)).await,
+                "master"
+            );
+            tx.send("master").unwrap();
+            assert_eq!(go_rx.recv().unwrap(), "demote");
+            assert!(h.demote());
+            assert!(
+                h.wait_for(State::Backup, Duration::from_secs(2)).await,
+                "backup"
+            );
+            assert_eq!(h.status().priority, 1);
+            tx.send("demoted").unwrap();
+            assert_eq!(go_rx.recv().unwrap(), "resume");
+            assert!(h.resume());
+            assert!(
+                h.wait_for(State::Master, Duration::from_secs(5)).await,
+                "master again"
+            );
+            assert_eq!(h.status().priority, 150);
+            tx.send("resumed").unwrap();
+            assert_eq!(go_rx.recv().unwrap(), "stop");
+            running.shutdown(Duration::from_secs(1)).await;
+            tx.send("stopped").unwrap();
+        });
+    });
+    let step = |want: &str| {
+        let got = rx
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|_| panic!("node A never reported {want}"));
+        assert_eq!(got, want);
+    };
+    step("master");
+    assert!(lab.wait_holds(&a, true, Duration::from_secs(1)).is_some());
+    assert!(!lab.holds(&b));
+    go_tx.send("demote").unwrap();
+    step("demoted");
+    // B takes over within its skew time after A's priority-0 advert.
+    assert!(lab
+        .wait_holds(&b, true, Duration::from_millis(500))
+        .is_some());
+    assert!(!lab.holds(&a));
+    assert!(reach(&c, vip, Duration::from_secs(3)).is_some());
+    go_tx.send("resume").unwrap();
+    step("resumed");
+    assert!(lab.wait_holds(&b, false, Duration::from_secs(1)).is_some());
+    assert!(lab.holds(&a));
+    go_tx.send("stop").unwrap();
+    step("stopped");
+    node.join().expect("node A thread");
+    assert!(!lab.holds(&a), "VIP removed at shutdown");
+    assert!(lab.wait_holds(&b, true, Duration::from_secs(1)).is_some());
+}

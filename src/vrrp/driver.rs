@@ -6,8 +6,10 @@
 //! TOS 0xc0 like keepalived, no multicast loop) carries every instance's adverts. Each
 //! instance is one task owning its [`Machine`], its VIPs and its single timer; it also polls
 //! the controller's snapshot for tracked pools and waits for the first health round before it
-//! lets itself preempt. Everything runs on the control runtime, never on the data-plane
-//! threads, so a busy data plane cannot starve the advert timer.
+//! lets itself preempt. The daemon runs all of it on a thread of its own
+//! ([`start_on_own_thread`]: a current-thread runtime with real-time scheduling when allowed),
+//! apart from the data-plane threads and the control runtime, so neither a busy data plane nor
+//! a busy machine delays an advert or a backup's timer.
 //!
 //! Adverts are accepted whichever MAC they came from (the interface's, like keepalived, or the
 //! virtual MAC, like FRR): nothing below the IP layer is looked at.
@@ -728,5 +730,81 @@ impl Instance {
                 Err(error) => warn!(%dst, %error, "VRRP advert not sent"),
             }
         }
+    }
+}
+
+/// Real-time priority of the VRRP thread (SCHED_RR, low among real-time ones): above every
+/// normal process, so a busy machine cannot delay an advert or a backup's timer by the tens of
+/// milliseconds that make a 20 ms interval flap. The thread sleeps between adverts.
+const RT_PRIORITY: i32 = 10;
+
+/// [`start`] on a thread of its own ("portico-vrrp", a current-thread runtime) with
+/// real-time scheduling when the process may have it (CAP_SYS_NICE; otherwise a log line and
+/// normal scheduling). A task in `tasks` ends when every instance has resigned and released
+/// its VIPs, so the daemon's shutdown waits for that.
+pub async fn start_on_own_thread(
+    specs: Vec<Spec>,
+    controller: Arc<Controller>,
+    first_round: Option<FirstRound>,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<Handle>> {
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("portico-vrrp".into())
+        .spawn(move || {
+            raise_priority();
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::Error::from(e).context("VRRP runtime")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let local = TaskTracker::new();
+                match start(specs, controller, first_round, &local, stop).await {
+                    Ok(handles) => {
+                        let _ = ready_tx.send(Ok(handles));
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+                local.close();
+                local.wait().await;
+            });
+            let _ = done_tx.send(());
+        })
+        .context("starting the VRRP thread")?;
+    let handles = ready_rx.await.context("the VRRP thread ended early")??;
+    tasks.spawn(async move {
+        let _ = done_rx.await;
+    });
+    Ok(handles)
+}
+
+fn raise_priority() {
+    let param = libc::sched_param {
+        sched_priority: RT_PRIORITY,
+    };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter struct.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) };
+    if rc == 0 {
+        info!(
+            priority = RT_PRIORITY,
+            "VRRP thread runs with real-time scheduling (SCHED_RR)"
+        );
+    } else {
+        let error = std::io::Error::last_os_error();
+        warn!(%error, "VRRP thread keeps normal scheduling (grant CAP_SYS_NICE for SCHED_RR): short advert intervals may flap on a busy machine");
     }
 }
