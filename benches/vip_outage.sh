@@ -245,10 +245,12 @@ if [ "${1:-}" = --long ]; then
   ta=$(metric a); tb=$(metric b)
   echo "soak ($kind): advert 20 ms, ${secs}s, connect loop through the master's balancer"
   ip netns exec "${tag}c" python3 -c "
-import socket, time
+import socket, struct, time
 end = time.monotonic() + $secs; n = 0; fail = 0
 while time.monotonic() < end:
     s = socket.socket(); s.settimeout(1)
+    # Close with RST: no TIME_WAIT, so the loop never runs out of ephemeral ports.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
     try: s.connect(('$vip', $port)); n += 1
     except OSError: fail += 1
     finally: s.close()

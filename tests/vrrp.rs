@@ -178,6 +178,17 @@ impl Lab {
     }
 
     fn portico_config(&self, name: &str, priority: u8, backend: Ipv4Addr) -> PathBuf {
+        self.portico_config_with(name, priority, backend, "")
+    }
+
+    /// `vrrp_extra`: more `[vip.vrrp]` lines.
+    fn portico_config_with(
+        &self,
+        name: &str,
+        priority: u8,
+        backend: Ipv4Addr,
+        vrrp_extra: &str,
+    ) -> PathBuf {
         let path = self.dir.join(format!("{name}.toml"));
         let text = format!(
             r#"[node]
@@ -194,6 +205,7 @@ garp_master_refresh_s = 0
 vrid = 51
 priority = {priority}
 advert_interval_ms = 100
+{vrrp_extra}
 
 [[service]]
 name = "web"
@@ -833,6 +845,40 @@ fn garbage_adverts_are_dropped_and_counted() {
     );
     assert!(lab.holds(&a), "the master kept the VIP");
     assert!(!m.contains("portico_vrrp_transitions_total{from=\"master\""));
+    assert_eq!(
+        metric(&m, "portico_vrrp_dual_master_total{vrid=\"51\"}"),
+        0.0
+    );
+
+    // A valid advert from another router claiming mastership with a lower priority: the master
+    // keeps the VIP, says "dual master" and counts it.
+    in_ns(&x, move || {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
+        s.set_multicast_if_v4(&src).unwrap();
+        s.set_multicast_ttl_v4(255).unwrap();
+        let mut out = Vec::new();
+        Advert {
+            vrid: 51,
+            priority: 50,
+            interval_cs: 10,
+            addresses: vec![vip.into()],
+        }
+        .encode(src.into(), packet::MULTICAST_V4.into(), &mut out);
+        let dst = SockAddr::from(SocketAddrV4::new(packet::MULTICAST_V4, 0));
+        for _ in 0..EACH {
+            s.send_to(&out, &dst).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let m = lab.metrics(&a);
+    let received = metric(&m, "portico_vrrp_adverts_received_total{vrid=\"51\"}");
+    assert_eq!(received, EACH as f64);
+    let dual = metric(&m, "portico_vrrp_dual_master_total{vrid=\"51\"}");
+    assert_eq!(dual, EACH as f64);
+    assert!(lab.holds(&a), "the master kept the VIP");
+    assert!(lab.log(&a).contains("dual master"));
 }
 
 /// Standalone mode: an ARP probe finds another host on the address and Portico refuses to
@@ -1107,4 +1153,69 @@ fn handle_demote_and_resume() {
     node.join().expect("node A thread");
     assert!(!lab.holds(&a), "VIP removed at shutdown");
     assert!(lab.wait_holds(&b, true, Duration::from_secs(1)).is_some());
+}
+
+/// Unicast mode: two Portico nodes that name each other as peers elect and fail over without
+/// multicast; an advert from a host that is not a peer is dropped and counted even though it
+/// claims priority 200.
+#[test]
+fn unicast_peers_elect_and_reject_strangers() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new("u", 46, &["a", "b", "x"]);
+    let (a, b, x) = (
+        lab.nodes[0].clone(),
+        lab.nodes[1].clone(),
+        lab.nodes[2].clone(),
+    );
+    let (ip_a, ip_b, ip_x, vip) = (lab.ip(0), lab.ip(1), lab.ip(2), lab.vip());
+    let conf_a =
+        lab.portico_config_with("lb-a", 150, ip_x, &format!("unicast_peers = [\"{ip_b}\"]"));
+    let conf_b =
+        lab.portico_config_with("lb-b", 100, ip_x, &format!("unicast_peers = [\"{ip_a}\"]"));
+    let pa = lab.portico(&a, &conf_a);
+    lab.portico(&b, &conf_b);
+    assert!(
+        lab.wait_holds(&a, true, Duration::from_secs(5)).is_some(),
+        "{}",
+        lab.log(&a)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !lab.holds(&b),
+        "B hears A's unicast adverts and stays backup"
+    );
+    in_ns(&x, move || {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
+        s.set_ttl_v4(255).unwrap();
+        let mut out = Vec::new();
+        Advert {
+            vrid: 51,
+            priority: 200,
+            interval_cs: 10,
+            addresses: vec![vip.into()],
+        }
+        .encode(ip_x.into(), ip_a.into(), &mut out);
+        let dst = SockAddr::from(SocketAddrV4::new(ip_a, 0));
+        for _ in 0..3 {
+            s.send_to(&out, &dst).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let m = lab.metrics(&a);
+    assert_eq!(
+        metric(&m, "portico_vrrp_rx_errors_total{reason=\"not_peer\"}"),
+        3.0
+    );
+    assert!(lab.holds(&a), "a stranger's advert changed nothing");
+    signal(pa, libc::SIGTERM);
+    assert!(
+        lab.wait_holds(&b, true, Duration::from_secs(2)).is_some(),
+        "B took over by unicast priority-0 advert"
+    );
+    wait_exit(&mut lab, pa);
+    assert!(!lab.holds(&a));
 }
