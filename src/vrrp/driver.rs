@@ -16,7 +16,8 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::machine::{Action, Event, Machine, Params, State};
-use super::packet::{self, Advert, ChecksumCompat, RxError, MULTICAST_V4};
+use super::packet::{self, Advert, ChecksumCompat, Family, RxError, MULTICAST_V4, MULTICAST_V6};
 use crate::config::{Announce, Config, IpPrefix, VipMode};
 use crate::controller::Controller;
 use crate::metrics::Metrics;
@@ -62,6 +63,16 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// IPv4 if the group has an IPv4 VIP (IPv6 VIPs then move with it), else IPv6: one VRRP
+    /// instance per family, as RFC 5798 has it.
+    pub fn family(&self) -> Family {
+        if self.addresses.iter().any(|p| p.addr.is_ipv4()) {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
     /// The instances `config` asks for: one per VIP group with `mode = "vrrp"`.
     pub fn from_config(config: &Config) -> Vec<Spec> {
         let Some(interface) = &config.node.interface else {
@@ -216,100 +227,170 @@ pub async fn start(
         .iter()
         .flat_map(|s| s.addresses.iter().map(|p| p.addr))
         .collect();
-    let (primary, _) = crate::vip::netlink::primaries(&found, &all_vips);
-    let Some(primary) = primary else {
-        bail!(
-            "{interface} has no IPv4 address of its own: VRRP adverts need one as their source \
-             (IPv6-only VRRP is not supported yet)"
-        );
-    };
-    let sender = Arc::new(
-        open_sender(&interface, primary)
-            .with_context(|| format!("VRRP send socket on {interface}"))?,
-    );
-    let receiver = open_receiver(&interface, link.index)
-        .with_context(|| format!("VRRP receive socket on {interface} (needs CAP_NET_RAW)"))?;
-
-    let mut inboxes = HashMap::new();
+    let (v4, v6) = crate::vip::netlink::primaries(&found, &all_vips);
     let mut handles = Vec::new();
-    for (spec, vips) in specs.into_iter().zip(vips) {
-        let (tx, rx) = mpsc::channel(INBOX);
-        let (cmd_tx, cmd_rx) = mpsc::channel(8);
-        let (status_tx, status_rx) = watch::channel(Status {
-            state: State::Initialize,
-            priority: spec.priority,
-            demoted: false,
-        });
-        inboxes.insert(
-            spec.vrid,
-            Inbox {
-                tx,
-                peers: spec.unicast_peers.clone(),
-                compat: spec.compat,
-                addresses: spec
-                    .addresses
-                    .iter()
-                    .map(|p| p.addr)
-                    .filter(IpAddr::is_ipv4)
-                    .collect(),
-            },
+    let mut pending: Vec<(Spec, Vips)> = specs.into_iter().zip(vips).collect();
+    for family in [Family::V4, Family::V6] {
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(|(s, _)| s.family() == family);
+        pending = rest;
+        if mine.is_empty() {
+            continue;
+        }
+        let primary: IpAddr = match family {
+            Family::V4 => IpAddr::V4(v4.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{interface} has no IPv4 address of its own: IPv4 VRRP adverts need one as their source"
+                )
+            })?),
+            Family::V6 => IpAddr::V6(v6.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{interface} has no IPv6 link-local address: IPv6 VRRP adverts are sent from it"
+                )
+            })?),
+        };
+        let sender = Arc::new(
+            open_sender(&interface, primary, link.index)
+                .with_context(|| format!("VRRP send socket on {interface}"))?,
         );
-        handles.push(Handle {
-            vrid: spec.vrid,
-            status: status_rx,
-            commands: cmd_tx,
-        });
-        let span = tracing::info_span!("vrrp.instance", vrid = spec.vrid);
-        let inst = Instance::new(
-            spec,
-            primary,
-            vips,
-            sender.clone(),
-            controller.clone(),
-            metrics.clone(),
-            status_tx,
-        );
+        let receiver = open_receiver(&interface, family, link.index)
+            .with_context(|| format!("VRRP receive socket on {interface} (needs CAP_NET_RAW)"))?;
+        let mut inboxes = HashMap::new();
+        for (spec, vips) in mine {
+            let (tx, rx) = mpsc::channel(INBOX);
+            let (cmd_tx, cmd_rx) = mpsc::channel(8);
+            let (status_tx, status_rx) = watch::channel(Status {
+                state: State::Initialize,
+                priority: spec.priority,
+                demoted: false,
+            });
+            inboxes.insert(
+                spec.vrid,
+                Inbox {
+                    tx,
+                    peers: spec.unicast_peers.clone(),
+                    compat: spec.compat,
+                    addresses: spec
+                        .addresses
+                        .iter()
+                        .map(|p| p.addr)
+                        .filter(|a| Family::of(*a) == family)
+                        .collect(),
+                },
+            );
+            handles.push(Handle {
+                vrid: spec.vrid,
+                status: status_rx,
+                commands: cmd_tx,
+            });
+            let span = tracing::info_span!("vrrp.instance", vrid = spec.vrid);
+            let inst = Instance::new(
+                spec,
+                primary,
+                link.index,
+                vips,
+                sender.clone(),
+                controller.clone(),
+                metrics.clone(),
+                status_tx,
+            );
+            tasks.spawn(
+                inst.run(rx, cmd_rx, first_round.clone(), stop.clone())
+                    .instrument(span),
+            );
+        }
         tasks.spawn(
-            inst.run(rx, cmd_rx, first_round.clone(), stop.clone())
-                .instrument(span),
-        );
-    }
-    tasks.spawn(
-        receive(receiver, primary, inboxes, metrics, stop.clone())
+            receive(
+                receiver,
+                family,
+                primary,
+                inboxes,
+                metrics.clone(),
+                stop.clone(),
+            )
             .instrument(tracing::info_span!("vrrp.receive", interface = %interface)),
-    );
-    info!(interface = %interface, source = %primary, "VRRP started");
+        );
+        info!(interface = %interface, source = %primary, "VRRP started");
+    }
     Ok(handles)
 }
 
-fn open_sender(interface: &str, primary: Ipv4Addr) -> std::io::Result<Socket> {
-    let s = Socket::new(
-        Domain::IPV4,
+fn raw(domain: Domain) -> std::io::Result<Socket> {
+    Socket::new(
+        domain,
         Type::RAW,
         Some(Protocol::from(i32::from(packet::IP_PROTO))),
-    )?;
-    s.bind_device(Some(interface.as_bytes()))?;
-    s.bind(&SockAddr::from(SocketAddrV4::new(primary, 0)))?;
-    s.set_multicast_if_v4(&primary)?;
-    s.set_multicast_ttl_v4(u32::from(packet::TTL))?;
-    s.set_ttl_v4(u32::from(packet::TTL))?;
-    s.set_multicast_loop_v4(false)?;
-    s.set_tos_v4(TOS)?;
-    // Bound to our own address, this socket only queues unicast adverts sent to us, which the
-    // receive socket sees as well: keep its buffer minimal.
+    )
+}
+
+fn setsockopt_int(s: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
+    // SAFETY: the pointer and length describe `value`, alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn open_sender(interface: &str, primary: IpAddr, index: u32) -> std::io::Result<Socket> {
+    let s = match primary {
+        IpAddr::V4(primary) => {
+            let s = raw(Domain::IPV4)?;
+            s.bind_device(Some(interface.as_bytes()))?;
+            s.bind(&SockAddr::from(SocketAddrV4::new(primary, 0)))?;
+            s.set_multicast_if_v4(&primary)?;
+            s.set_multicast_ttl_v4(u32::from(packet::TTL))?;
+            s.set_ttl_v4(u32::from(packet::TTL))?;
+            s.set_multicast_loop_v4(false)?;
+            s.set_tos_v4(TOS)?;
+            s
+        }
+        IpAddr::V6(_) => {
+            let s = raw(Domain::IPV6)?;
+            s.bind_device(Some(interface.as_bytes()))?;
+            s.set_multicast_if_v6(index)?;
+            s.set_multicast_hops_v6(u32::from(packet::TTL))?;
+            s.set_unicast_hops_v6(u32::from(packet::TTL))?;
+            s.set_multicast_loop_v6(false)?;
+            // The kernel fills the checksum at offset 6 with the pseudo-header of the source it
+            // really uses (keepalived does the same), so a source chosen by the kernel can never
+            // disagree with the one we summed.
+            setsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
+            s
+        }
+    };
+    // This socket only sees what the receive socket sees as well: keep its buffer minimal.
     s.set_recv_buffer_size(1)?;
     s.set_nonblocking(true)?;
     Ok(s)
 }
 
-fn open_receiver(interface: &str, index: u32) -> std::io::Result<Socket> {
-    let s = Socket::new(
-        Domain::IPV4,
-        Type::RAW,
-        Some(Protocol::from(i32::from(packet::IP_PROTO))),
-    )?;
-    s.bind_device(Some(interface.as_bytes()))?;
-    s.join_multicast_v4_n(&MULTICAST_V4, &InterfaceIndexOrAddress::Index(index))?;
+fn open_receiver(interface: &str, family: Family, index: u32) -> std::io::Result<Socket> {
+    let s = match family {
+        Family::V4 => {
+            let s = raw(Domain::IPV4)?;
+            s.bind_device(Some(interface.as_bytes()))?;
+            s.join_multicast_v4_n(&MULTICAST_V4, &InterfaceIndexOrAddress::Index(index))?;
+            s
+        }
+        Family::V6 => {
+            let s = raw(Domain::IPV6)?;
+            s.bind_device(Some(interface.as_bytes()))?;
+            s.join_multicast_v6(&MULTICAST_V6, index)?;
+            // IPv6 raw sockets hand over no header: ask for hop limit and destination.
+            setsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
+            setsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+            s
+        }
+    };
     s.set_nonblocking(true)?;
     Ok(s)
 }
@@ -321,10 +402,72 @@ struct Inbox {
     addresses: Vec<IpAddr>,
 }
 
+/// What the IP layer says about one received advert.
+#[derive(Debug, Clone, Copy)]
+struct Received {
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+}
+
+/// One datagram from the IPv6 receive socket: payload length, and the header facts from
+/// `msg_name` and the IPV6_HOPLIMIT / IPV6_PKTINFO control messages.
+fn recv_v6(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, Option<Received>)> {
+    // SAFETY: all-zero is valid for these plain C structs.
+    let mut name: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 32];
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = std::ptr::addr_of_mut!(name).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in `msg` refers to a live local buffer of the stated size.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut ttl = None;
+    let mut dst = None;
+    // SAFETY: the CMSG_* walk stays within `control` as filled in by the kernel
+    // (msg_controllen); reads are unaligned-safe copies of the kernel's structs.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_HOPLIMIT {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                ttl = u8::try_from(v).ok();
+            } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
+                dst = Some(Ipv6Addr::from(v.ipi6_addr.s6_addr));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let src = Ipv6Addr::from(name.sin6_addr.s6_addr);
+    let rx = match (ttl, dst) {
+        (Some(ttl), Some(dst)) => Some(Received {
+            src: IpAddr::V6(src),
+            dst: IpAddr::V6(dst),
+            ttl,
+        }),
+        _ => None,
+    };
+    Ok((n as usize, rx))
+}
+
 /// Reads, validates and dispatches adverts until `stop`.
 async fn receive(
     socket: Socket,
-    primary: Ipv4Addr,
+    family: Family,
+    primary: IpAddr,
     inboxes: HashMap<u8, Inbox>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -359,7 +502,7 @@ async fn receive(
     };
     let mut buf = vec![0u8; 65536];
     loop {
-        let n = tokio::select! {
+        let (n, v6) = tokio::select! {
             _ = stop.cancelled() => return,
             r = fd.readable() => {
                 let mut guard = match r {
@@ -369,8 +512,12 @@ async fn receive(
                         return;
                     }
                 };
-                match guard.try_io(|s| s.get_ref().read(&mut buf)) {
-                    Ok(Ok(n)) => n,
+                let read = guard.try_io(|s| match family {
+                    Family::V4 => s.get_ref().read(&mut buf).map(|n| (n, None)),
+                    Family::V6 => recv_v6(s.get_ref().as_raw_fd(), &mut buf),
+                });
+                match read {
+                    Ok(Ok(r)) => r,
                     Ok(Err(error)) => {
                         warn!(%error, "VRRP receive error");
                         continue;
@@ -380,7 +527,21 @@ async fn receive(
             }
         };
         let Some(pkt) = buf.get(..n) else { continue };
-        match check(pkt, primary, &inboxes) {
+        let verdict = match family {
+            Family::V4 => packet::split_ipv4(pkt).and_then(|(h, payload)| {
+                let rx = Received {
+                    src: IpAddr::V4(h.src),
+                    dst: IpAddr::V4(h.dst),
+                    ttl: h.ttl,
+                };
+                check(payload, rx, primary, &inboxes)
+            }),
+            Family::V6 => match v6 {
+                Some(rx) => check(pkt, rx, primary, &inboxes),
+                None => Err(RxError::IpHeader),
+            },
+        };
+        match verdict {
             Ok(None) => {}
             Ok(Some((vrid, ev, list_differs))) => {
                 if list_differs {
@@ -401,34 +562,33 @@ async fn receive(
     }
 }
 
-/// Validates one received IPv4 packet. `Ok(None)`: ours or not for us (silently ignored).
+/// Validates one received advert. `Ok(None)`: ours or not for us (silently ignored).
 fn check(
-    pkt: &[u8],
-    primary: Ipv4Addr,
+    payload: &[u8],
+    rx: Received,
+    primary: IpAddr,
     inboxes: &HashMap<u8, Inbox>,
 ) -> Result<Option<(u8, Event, bool)>, RxError> {
-    let (h, payload) = packet::split_ipv4(pkt)?;
-    if h.src == primary {
+    if rx.src == primary {
         return Ok(None);
     }
-    let multicast = h.dst == MULTICAST_V4;
-    if !multicast && h.dst != primary {
+    let multicast = rx.dst == IpAddr::V4(MULTICAST_V4) || rx.dst == IpAddr::V6(MULTICAST_V6);
+    if !multicast && rx.dst != primary {
         return Ok(None);
     }
-    if multicast && h.ttl != packet::TTL {
+    if multicast && rx.ttl != packet::TTL {
         return Err(RxError::Ttl);
     }
-    let src = IpAddr::V4(h.src);
     // The codec checks need the instance's checksum compat; VRID is byte 1 of the payload.
     let vrid = *payload.get(1).ok_or(RxError::Truncated)?;
     let compat = inboxes.get(&vrid).map(|i| i.compat).unwrap_or_default();
-    let advert = packet::parse(payload, src, IpAddr::V4(h.dst), compat)?;
+    let advert = packet::parse(payload, rx.src, rx.dst, compat)?;
     let inbox = inboxes.get(&advert.vrid).ok_or(RxError::UnknownVrid)?;
     if !inbox.peers.is_empty() {
-        if !inbox.peers.contains(&src) {
+        if !inbox.peers.contains(&rx.src) {
             return Err(RxError::NotPeer);
         }
-    } else if h.ttl != packet::TTL {
+    } else if rx.ttl != packet::TTL {
         return Err(RxError::Ttl);
     }
     let differs = !advert.same_addresses(&inbox.addresses);
@@ -437,7 +597,7 @@ fn check(
         Event::Advert {
             priority: advert.priority,
             interval_cs: advert.interval_cs,
-            src,
+            src: rx.src,
         },
         differs,
     )))
@@ -445,7 +605,9 @@ fn check(
 
 struct Instance {
     spec: Spec,
-    primary: Ipv4Addr,
+    primary: IpAddr,
+    /// Scope of IPv6 link-local destinations.
+    ifindex: u32,
     machine: Machine,
     vips: Vips,
     sender: Arc<Socket>,
@@ -461,9 +623,11 @@ struct Instance {
 }
 
 impl Instance {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         spec: Spec,
-        primary: Ipv4Addr,
+        primary: IpAddr,
+        ifindex: u32,
         vips: Vips,
         sender: Arc<Socket>,
         controller: Arc<Controller>,
@@ -471,7 +635,7 @@ impl Instance {
         status: watch::Sender<Status>,
     ) -> Instance {
         let machine = Machine::new(Params {
-            primary: IpAddr::V4(primary),
+            primary,
             priority: spec.priority,
             interval_cs: spec.interval_cs,
             preempt: spec.preempt,
@@ -485,7 +649,7 @@ impl Instance {
                 .addresses
                 .iter()
                 .map(|p| p.addr)
-                .filter(IpAddr::is_ipv4)
+                .filter(|a| Family::of(*a) == Family::of(primary))
                 .collect(),
         };
         let vrid_label = spec.vrid.to_string();
@@ -506,6 +670,7 @@ impl Instance {
         Instance {
             spec,
             primary,
+            ifindex,
             machine,
             vips,
             sender,
@@ -715,17 +880,19 @@ impl Instance {
 
     fn send(&mut self, priority: u8) {
         self.advert.priority = priority;
-        let src = IpAddr::V4(self.primary);
+        let src = self.primary;
         for i in 0..self.spec.unicast_peers.len().max(1) {
-            let dst = match self.spec.unicast_peers.get(i) {
-                Some(peer) => *peer,
-                None => IpAddr::V4(MULTICAST_V4),
+            let dst = match (self.spec.unicast_peers.get(i), src) {
+                (Some(peer), _) => *peer,
+                (None, IpAddr::V4(_)) => IpAddr::V4(MULTICAST_V4),
+                (None, IpAddr::V6(_)) => IpAddr::V6(MULTICAST_V6),
             };
             self.advert.encode(src, dst, &mut self.buf);
-            match self
-                .sender
-                .send_to(&self.buf, &SockAddr::from(SocketAddr::new(dst, 0)))
-            {
+            let to = match dst {
+                IpAddr::V4(d) => SockAddr::from(SocketAddrV4::new(d, 0)),
+                IpAddr::V6(d) => SockAddr::from(SocketAddrV6::new(d, 0, 0, self.ifindex)),
+            };
+            match self.sender.send_to(&self.buf, &to) {
                 Ok(_) => self.sent.inc(),
                 Err(error) => warn!(%dst, %error, "VRRP advert not sent"),
             }
