@@ -385,6 +385,27 @@ pub fn split_ipv4(packet: &[u8]) -> Result<(Ipv4Header, &[u8]), RxError> {
     Ok((h, payload))
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/vrrp.rs`), also run by the tests: a raw IPv4
+/// datagram as the receive socket hands it over. Whatever parses must survive encode → parse
+/// unchanged; nothing may panic.
+pub fn fuzz_one(data: &[u8]) {
+    let Ok((h, payload)) = split_ipv4(data) else {
+        return;
+    };
+    let (src, dst) = (IpAddr::V4(h.src), IpAddr::V4(h.dst));
+    let compat = ChecksumCompat {
+        multicast_dst_for_unicast: true,
+        as_v2: true,
+    };
+    if let Ok(view) = parse(payload, src, dst, compat) {
+        let owned = view.to_owned();
+        let mut out = Vec::new();
+        owned.encode(src, dst, &mut out);
+        let back = parse(&out, src, dst, ChecksumCompat::default()).map(|v| v.to_owned());
+        assert_eq!(back, Ok(owned), "encode -> parse changed the advert");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,6 +621,17 @@ mod tests {
             let i = bit.index(out.len() * 8);
             out[i / 8] ^= 1 << (i % 8);
             prop_assert!(parse(&out, src, dst, ChecksumCompat::default()).is_err());
+        }
+
+        #[test]
+        fn fuzz_body_on_mutated_captures(
+            flips in prop::collection::vec((0usize..32, any::<u8>()), 0..4),
+        ) {
+            let mut pkt = hex("45 c0 00 20 00 00 40 00 ff 70 00 00 0a c8 00 01 e0 00 00 12 31 33 96 01 00 64 41 e3 0a c8 00 64");
+            for (i, b) in flips {
+                pkt[i] ^= b;
+            }
+            fuzz_one(&pkt);
         }
 
         #[test]
