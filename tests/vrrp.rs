@@ -1371,3 +1371,48 @@ listen = "127.0.0.1:9469"
         "A's unsolicited NAs seen by the client:\n{na}"
     );
 }
+
+/// Pool tracking: the master's only backend refuses connections, its health checks mark it
+/// down, the master's priority drops by `track_pool_penalty` below the backup's, and the backup
+/// (whose backend serves) takes the VIP; clients keep reaching a backend through the VIP.
+#[test]
+fn empty_pool_lowers_priority_and_moves_the_vip() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new("t", 48, &["a", "b", "c"]);
+    let (a, b, c) = (
+        lab.nodes[0].clone(),
+        lab.nodes[1].clone(),
+        lab.nodes[2].clone(),
+    );
+    let vip = lab.vip();
+    lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
+    // A's backend is B's address, where nothing listens on the backend port: refused at once.
+    let conf_a = lab.portico_config_with("lb-a", 150, lab.ip(1), "track_pool_penalty = 60");
+    let conf_b = lab.portico_config_with("lb-b", 100, lab.ip(2), "track_pool_penalty = 60");
+    lab.portico(&a, &conf_a);
+    lab.portico(&b, &conf_b);
+    // A may hold the VIP briefly; once its pool is empty (3 failed probes, 500 ms apart) its
+    // priority is 90 < 100 and B preempts.
+    assert!(
+        lab.wait_holds(&b, true, Duration::from_secs(8)).is_some(),
+        "B never took over:\n{}\n{}",
+        lab.log(&a),
+        lab.log(&b)
+    );
+    assert!(lab.wait_holds(&a, false, Duration::from_secs(1)).is_some());
+    let m = lab.metrics(&a);
+    assert_eq!(metric(&m, "portico_vrrp_priority{vrid=\"51\"}"), 90.0);
+    assert_eq!(
+        metric(&m, "portico_vrrp_state{state=\"backup\",vrid=\"51\"}"),
+        1.0
+    );
+    assert!(lab.log(&a).contains("tracked pool has no eligible backend"));
+    assert!(reach(&c, vip, Duration::from_secs(3)).is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        lab.holds(&b) && !lab.holds(&a),
+        "the VIP stays with the node that can serve"
+    );
+}
