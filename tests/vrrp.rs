@@ -676,7 +676,8 @@ fn portico_pair_failover_preempt_graceful_and_announcements() {
 }
 
 /// keepalived 2.2.7 as the peer, in both roles: the higher priority wins, failover both ways
-/// by graceful stop, preemption back, and never two holders at any sampled moment.
+/// by graceful stop, preemption back, never two holders at any sampled moment, and Portico
+/// takes over from a crashed keepalived.
 #[test]
 fn keepalived_interop_both_roles() {
     if !root() {
@@ -750,7 +751,7 @@ fn keepalived_interop_both_roles() {
     );
     assert!(reach(&c, vip, Duration::from_secs(3)).is_some());
     wait_exit(&mut lab, kp);
-    lab.keepalived(&k, "ka-hi2", 150);
+    let kp = lab.keepalived(&k, "ka-hi2", 150);
     assert!(
         lab.wait_holds(&k, true, Duration::from_secs(5)).is_some(),
         "keepalived preempts back"
@@ -771,6 +772,22 @@ fn keepalived_interop_both_roles() {
         dual.len()
     );
     assert!(lab.holds(&k) && !lab.holds(&p));
+
+    // keepalived crashes (link down, VRRP child then parent killed): Portico takes over after
+    // its Master_Down_Interval and the client gets through.
+    run(&["ip", "-n", &k, "link", "set", "eth0", "down"]);
+    if let Some(child) = std::fs::read_to_string(lab.dir.join("ka-hi2-vrrp.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    {
+        signal(child, libc::SIGKILL);
+    }
+    signal(kp, libc::SIGKILL);
+    let took = lab
+        .wait_holds(&p, true, Duration::from_secs(3))
+        .expect("Portico took over from a crashed keepalived");
+    eprintln!("Portico took over {took:?} after keepalived crashed");
+    assert!(reach(&c, vip, Duration::from_secs(3)).is_some());
     signal(pp, libc::SIGTERM);
     wait_exit(&mut lab, pp);
 }
