@@ -533,6 +533,7 @@ pub const VRRP_ADVERTS_RECEIVED: &str = "portico_vrrp_adverts_received_total";
 pub const VRRP_RX_ERRORS: &str = "portico_vrrp_rx_errors_total";
 pub const VRRP_DUAL_MASTER: &str = "portico_vrrp_dual_master_total";
 pub const VIP_ANNOUNCEMENTS: &str = "portico_vip_announcements_total";
+pub const VIP_CONFLICTS: &str = "portico_vip_conflicts_total";
 
 /// The VRRP and VIP families (names mirror RFC 6527 / keepalived's counters where they can).
 pub struct VrrpFamilies {
@@ -547,6 +548,8 @@ pub struct VrrpFamilies {
     pub dual_master: IntCounterVec,
     /// `kind` = garp or na.
     pub vip_announcements: IntCounterVec,
+    /// ARP packets from another host claiming a VIP we hold (standalone mode).
+    pub vip_conflicts: IntCounter,
 }
 
 impl VrrpFamilies {
@@ -595,6 +598,16 @@ impl VrrpFamilies {
                 "Gratuitous ARPs (kind=garp) and unsolicited neighbour advertisements (kind=na) sent for VIPs.",
                 &["kind"],
             ),
+            vip_conflicts: {
+                let c = IntCounter::new(
+                    VIP_CONFLICTS,
+                    "ARP packets from another host claiming a VIP this node holds (standalone mode; RFC 5227 conflict).",
+                )
+                .expect("static metric definition");
+                reg.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
         };
         for r in crate::vrrp::RxError::ALL {
             f.rx_errors.with_label_values(&[r.as_str()]);

@@ -926,8 +926,8 @@ fn garbage_adverts_are_dropped_and_counted() {
 
 /// Standalone mode: an ARP probe finds another host on the address and Portico refuses to
 /// start, naming that host's MAC; with the address free it takes IPv4 and IPv6 VIPs, announces
-/// them (gratuitous ARP, unsolicited NA with Override, seen in the client namespace) and removes
-/// both on SIGTERM.
+/// them (gratuitous ARP, unsolicited NA with Override, seen in the client namespace), counts and
+/// defends against another host's GARP for the VIP, and removes both on SIGTERM.
 #[test]
 fn standalone_conflict_probe_and_announcements() {
     if !root() {
@@ -1047,7 +1047,39 @@ listen = "127.0.0.1:9469"
         metric(&m, "portico_vip_announcements_total{kind=\"na\"}"),
         2.0
     );
-    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(metric(&m, "portico_vip_conflicts_total"), 0.0);
+
+    // Another host announces the VIP while we hold it: counted, logged, defended once.
+    let x_mac_bytes: [u8; 6] = {
+        let v: Vec<u8> = x_mac
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        v.try_into().unwrap()
+    };
+    in_ns(&x, move || {
+        let name = std::ffi::CString::new("eth0").unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let s =
+            portico::vip::link::PacketSocket::open(index, portico::vip::frames::ETH_P_ARP).unwrap();
+        for _ in 0..3 {
+            s.send(&portico::vip::frames::gratuitous_arp(x_mac_bytes, vip))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let m = lab.metrics(&a);
+    assert_eq!(metric(&m, "portico_vip_conflicts_total"), 3.0);
+    assert_eq!(
+        metric(&m, "portico_vip_announcements_total{kind=\"garp\"}"),
+        3.0,
+        "one defending GARP within the defence interval"
+    );
+    assert!(lab
+        .log(&a)
+        .contains("address conflict: another host claims a VIP we hold"));
     signal(pid, libc::SIGTERM);
     wait_exit(&mut lab, pid);
     assert!(!lab.holds(&a) && !has6(&a), "VIPs removed at shutdown");
@@ -1103,8 +1135,8 @@ listen = "127.0.0.1:9469"
     ]);
     assert_eq!(
         garps.lines().filter(|l| l.trim() == a_mac).count(),
-        2,
-        "two GARPs from A:\n{garps}"
+        3,
+        "two announcing GARPs and one defending GARP from A:\n{garps}"
     );
 }
 

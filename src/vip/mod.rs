@@ -334,11 +334,82 @@ pub async fn start_standalone(
     vips.clean_stale().await?;
     vips.probe_conflicts().await?;
     vips.take().await?;
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    if !vips.sender.v4.is_empty() {
+        let (index, mac, name) = (vips.link.index, vips.link.mac, vips.link.name.clone());
+        let addrs = vips.sender.v4.clone();
+        let conflicts = metrics.vrrp.vip_conflicts.clone();
+        let garp = vips.sender.garp.clone();
+        let flag = watching.clone();
+        std::thread::Builder::new()
+            .name("portico-vip-arp".into())
+            .spawn(move || defend(index, mac, &name, &addrs, &flag, &conflicts, &garp))
+            .context("starting the ARP conflict watcher")?;
+    }
     tasks.spawn(async move {
         stop.cancelled().await;
+        watching.store(false, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = vips.release().await {
             tracing::error!(error = %format!("{e:#}"), "removing the VIPs at shutdown failed");
         }
     });
     Ok(())
+}
+
+/// RFC 5227 §2.4: at most one defending announcement per this interval.
+const DEFEND_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Standalone mode, while the VIPs are held: watches ARP for another host claiming one of them
+/// (RFC 5227 §2.4 conflict), counts and logs it (at most once per `DEFEND_INTERVAL`) and
+/// defends with one gratuitous ARP per interval. VRRP mode has no watcher: there the election
+/// arbitrates and a takeover's announcements from the new master are expected.
+fn defend(
+    index: u32,
+    mac: Mac,
+    iface: &str,
+    vips: &[Ipv4Addr],
+    running: &std::sync::atomic::AtomicBool,
+    conflicts: &IntCounter,
+    garp: &IntCounter,
+) {
+    let s = match PacketSocket::open(index, frames::ETH_P_ARP) {
+        Ok(s) => s,
+        Err(error) => {
+            warn!(%error, interface = iface, "ARP conflict watcher not started");
+            return;
+        }
+    };
+    let mut buf = [0u8; 1500];
+    let mut last_defence: Option<std::time::Instant> = None;
+    while running.load(std::sync::atomic::Ordering::Relaxed) {
+        let n = match s.recv_timeout(&mut buf, Duration::from_millis(200)) {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(error) => {
+                warn!(%error, interface = iface, "ARP conflict watcher stopped");
+                return;
+            }
+        };
+        let Some(arp) = buf.get(..n).and_then(frames::parse_arp) else {
+            continue;
+        };
+        let Some(ip) = vips.iter().find(|ip| arp.spa == **ip && arp.sha != mac) else {
+            continue;
+        };
+        conflicts.inc();
+        let due = last_defence.is_none_or(|t| t.elapsed() >= DEFEND_INTERVAL);
+        if due {
+            let m = arp.sha;
+            warn!(
+                vip = %ip,
+                interface = iface,
+                other = %format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]),
+                "address conflict: another host claims a VIP we hold; defending with a gratuitous ARP"
+            );
+            if s.send(&frames::gratuitous_arp(mac, *ip)).is_ok() {
+                garp.inc();
+            }
+            last_defence = Some(std::time::Instant::now());
+        }
+    }
 }
