@@ -804,7 +804,8 @@ fn keepalived_interop_both_roles() {
 }
 
 /// Malformed or unacceptable adverts from a raw socket in another namespace are dropped and
-/// counted by reason; the master stays master even though each one claims priority 200.
+/// counted by reason; the master stays master even though each one claims priority 200. A
+/// valid lower advert from the virtual MAC is accepted and counted as a dual master.
 #[test]
 fn garbage_adverts_are_dropped_and_counted() {
     if !root() {
@@ -893,24 +894,38 @@ fn garbage_adverts_are_dropped_and_counted() {
         0.0
     );
 
-    // A valid advert from another router claiming mastership with a lower priority: the master
-    // keeps the VIP, says "dual master" and counts it.
+    // A valid advert from another router claiming mastership with a lower priority, sent the
+    // way FRR's vrrpd sends, from the virtual MAC 00:00:5e:00:01:33: the master accepts it (any
+    // source MAC), keeps the VIP, says "dual master" and counts it.
     in_ns(&x, move || {
-        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
-        s.set_multicast_if_v4(&src).unwrap();
-        s.set_multicast_ttl_v4(255).unwrap();
-        let mut out = Vec::new();
+        let mut vrrp = Vec::new();
         Advert {
             vrid: 51,
             priority: 50,
             interval_cs: 10,
             addresses: vec![vip.into()],
         }
-        .encode(src.into(), packet::MULTICAST_V4.into(), &mut out);
-        let dst = SockAddr::from(SocketAddrV4::new(packet::MULTICAST_V4, 0));
+        .encode(src.into(), packet::MULTICAST_V4.into(), &mut vrrp);
+        let mut frame = vec![
+            0x01, 0x00, 0x5e, 0x00, 0x00, 0x12, 0x00, 0x00, 0x5e, 0x00, 0x01, 51,
+        ];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + vrrp.len()) as u16;
+        let mut ip = vec![0x45, 0xc0];
+        ip.extend_from_slice(&total.to_be_bytes());
+        ip.extend_from_slice(&[0, 0, 0x40, 0, 255, 112, 0, 0]);
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&packet::MULTICAST_V4.octets());
+        let sum = packet::finish(packet::sum_bytes(0, &ip));
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&vrrp);
+        let name = std::ffi::CString::new("eth0").unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let s = portico::vip::link::PacketSocket::open(index, 0x0800).unwrap();
         for _ in 0..EACH {
-            s.send_to(&out, &dst).unwrap();
+            s.send(&frame).unwrap();
             std::thread::sleep(Duration::from_millis(20));
         }
     });
