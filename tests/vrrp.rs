@@ -265,11 +265,16 @@ listen = "127.0.0.1:9469"
     }
 
     fn keepalived(&mut self, ns: &str, name: &str, priority: u8) -> u32 {
+        self.keepalived_with(ns, name, priority, "")
+    }
+
+    /// `extra`: more lines for the vrrp_instance block (e.g. unicast_src_ip / unicast_peer).
+    fn keepalived_with(&mut self, ns: &str, name: &str, priority: u8, extra: &str) -> u32 {
         let conf = self.dir.join(format!("{name}.conf"));
         std::fs::write(
             &conf,
             format!(
-                "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  vrrp_garp_master_delay 0\n  vrrp_garp_master_repeat 3\n  vrrp_garp_master_refresh 0\n  script_user root\n  enable_script_security\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {}/24 dev eth0\n  }}\n}}\n",
+                "global_defs {{\n  router_id {name}\n  vrrp_version 3\n  vrrp_garp_master_delay 0\n  vrrp_garp_master_repeat 3\n  vrrp_garp_master_refresh 0\n  script_user root\n  enable_script_security\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int 0.1\n{extra}\n  virtual_ipaddress {{\n    {}/24 dev eth0\n  }}\n}}\n",
                 self.vip()
             ),
         )
@@ -1497,4 +1502,59 @@ fn empty_pool_lowers_priority_and_moves_the_vip() {
         lab.holds(&b) && !lab.holds(&a),
         "the VIP stays with the node that can serve"
     );
+}
+
+/// Unicast interop with keepalived (`unicast_src_ip` / `unicast_peer`): each side accepts the
+/// other's unicast adverts (checksum over the real destination): keepalived stays backup under
+/// a Portico master, takes over on its priority-0 advert, and Portico counts keepalived's
+/// adverts as valid when it returns.
+#[test]
+fn keepalived_unicast_interop() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new("q", 49, &["p", "k", "c"]);
+    let (p, k) = (lab.nodes[0].clone(), lab.nodes[1].clone());
+    let (ip_p, ip_k, ip_c) = (lab.ip(0), lab.ip(1), lab.ip(2));
+    lab.backend(&lab.nodes[2].clone(), SocketAddrV4::new(ip_c, BACKEND_PORT));
+    let conf_p = lab.portico_config_with("pu", 150, ip_c, &format!("unicast_peers = [\"{ip_k}\"]"));
+    let pp = lab.portico(&p, &conf_p);
+    assert!(lab.wait_holds(&p, true, Duration::from_secs(5)).is_some());
+    let kp = lab.keepalived_with(
+        &k,
+        "ku",
+        100,
+        &format!("  unicast_src_ip {ip_k}\n  unicast_peer {{\n    {ip_p}\n  }}"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        lab.holds(&p) && !lab.holds(&k),
+        "keepalived accepts Portico's unicast adverts:\n{}",
+        lab.log("ku")
+    );
+    signal(pp, libc::SIGTERM);
+    assert!(
+        lab.wait_holds(&k, true, Duration::from_secs(2)).is_some(),
+        "keepalived took over on Portico's unicast priority-0 advert"
+    );
+    wait_exit(&mut lab, pp);
+    let pp = lab.portico(&p, &conf_p);
+    assert!(
+        lab.wait_holds(&p, true, Duration::from_secs(5)).is_some(),
+        "Portico preempts back"
+    );
+    assert!(lab.wait_holds(&k, false, Duration::from_secs(2)).is_some());
+    let m = lab.metrics(&p);
+    assert!(metric(&m, "portico_vrrp_adverts_received_total{vrid=\"51\"}") >= 1.0);
+    for reason in ["checksum", "not_peer", "ttl"] {
+        let v = metric(
+            &m,
+            &format!("portico_vrrp_rx_errors_total{{reason=\"{reason}\"}}"),
+        );
+        assert_eq!(v, 0.0, "{reason}");
+    }
+    signal(pp, libc::SIGTERM);
+    wait_exit(&mut lab, pp);
+    signal(kp, libc::SIGTERM);
+    wait_exit(&mut lab, kp);
 }
