@@ -209,7 +209,9 @@ one_run() {
   sleep 1.5
   probe 4 > "$work/probe.out" &
   local prober=$!
-  sleep 1
+  # A random 0-99 ms more: the crash outage depends on when the master dies relative to its
+  # last advert (RFC: 261-361 ms at this setting), and fixed sleeps would pin that phase.
+  sleep "$(printf '1.%03d' $((RANDOM % 100)))"
   if [ "$mode" = crash ]; then
     # Link first (the node is gone at once), then the processes: keepalived's VRRP child
     # before its parent, or the parent's death makes the child resign gracefully.
