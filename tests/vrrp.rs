@@ -1506,8 +1506,8 @@ fn empty_pool_lowers_priority_and_moves_the_vip() {
 
 /// Unicast interop with keepalived (`unicast_src_ip` / `unicast_peer`): each side accepts the
 /// other's unicast adverts (checksum over the real destination): keepalived stays backup under
-/// a Portico master, takes over on its priority-0 advert, and Portico counts keepalived's
-/// adverts as valid when it returns.
+/// a Portico master, takes over on its priority-0 advert, Portico counts keepalived's adverts
+/// as valid when it returns, and keepalived takes over again when Portico crashes.
 #[test]
 fn keepalived_unicast_interop() {
     if !root() {
@@ -1553,7 +1553,13 @@ fn keepalived_unicast_interop() {
         );
         assert_eq!(v, 0.0, "{reason}");
     }
-    signal(pp, libc::SIGTERM);
+    // Portico crashes (link down + SIGKILL): keepalived takes over on its own timer.
+    run(&["ip", "-n", &p, "link", "set", "eth0", "down"]);
+    signal(pp, libc::SIGKILL);
+    let took = lab
+        .wait_holds(&k, true, Duration::from_secs(3))
+        .expect("keepalived took over from a crashed Portico");
+    eprintln!("keepalived took over {took:?} after Portico crashed");
     wait_exit(&mut lab, pp);
     signal(kp, libc::SIGTERM);
     wait_exit(&mut lab, kp);
