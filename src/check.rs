@@ -16,11 +16,11 @@ pub fn render_plan(c: &Config) -> String {
         c.node.name,
         c.node.interface.as_deref().unwrap_or("-")
     );
-    match &c.vip {
-        None => {
-            let _ = writeln!(o, "vip: none (Portico does not own an address)");
-        }
-        Some(v) => {
+    if c.vip.is_none() {
+        let _ = writeln!(o, "vip: none (Portico does not own an address)");
+    }
+    for v in c.vip_groups() {
+        {
             let addrs: Vec<String> = v
                 .addresses
                 .iter()

@@ -45,6 +45,12 @@ pub struct Running {
     pub dns_addrs: Vec<SocketAddr>,
     /// The forwarder of the `forwarding = "dsr"` services, if any (VRRP drives its active flag).
     pub dsr: Option<crate::dsr::forwarder::Forwarder>,
+    /// One per VRRP instance (empty unless a VIP group has `mode = "vrrp"`): state, demote,
+    /// resume.
+    pub vrrp: Vec<crate::vrrp::Handle>,
+    /// Stops VRRP (priority-0 advert) and removes VIPs, before the drain.
+    vip_stop: CancellationToken,
+    vip_tasks: TaskTracker,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +119,15 @@ impl Running {
             drain_s = drain.as_secs_f64(),
             "shutting down: listeners closed, draining"
         );
+        // Hand the VIP over first: the peer takes over within its skew time while we drain.
+        self.vip_stop.cancel();
+        self.vip_tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.vip_tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("VRRP/VIP tasks did not stop within 5 s");
+        }
         let plane = &self.node.plane;
         plane.accept_stop.cancel();
         if let Some(dsr) = self.dsr {
@@ -254,7 +269,15 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         &metrics.registry,
     )?;
     let node = Arc::new(Node::new(plane, controller.clone()));
-    node.start_health().context("health checks")?;
+    let first_round = node.start_health().context("health checks")?;
+    // After the listeners are bound (IP_FREEBIND lets them bind the VIP before we hold it).
+    let vip_stop = CancellationToken::new();
+    let vip_tasks = TaskTracker::new();
+    let vrrp = start_vip(&controller, first_round, &vip_tasks, &vip_stop).await?;
+    let _ = node.vrrp.set(vrrp.clone());
+    if let (Some(fwd), Some(h)) = (&dsr, vrrp.first()) {
+        follow_mastership(fwd.active_flag(), h.clone(), &tasks, hard_stop.clone());
+    }
     let dns_addrs = match (dns, dns_spec) {
         (Some(bound), Some(spec)) => {
             let addrs = bound.addrs.clone();
@@ -308,7 +331,60 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         admin_socket: None,
         dns_addrs,
         dsr,
+        vrrp,
+        vip_stop,
+        vip_tasks,
     })
+}
+
+/// VRRP instances, or the standalone VIPs, as the config says.
+async fn start_vip(
+    controller: &Arc<Controller>,
+    first_round: tokio::sync::watch::Receiver<usize>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<crate::vrrp::Handle>> {
+    let config = controller.config();
+    let Some(interface) = &config.node.interface else {
+        return Ok(Vec::new());
+    };
+    for vip in config.vip_groups() {
+        if vip.mode == crate::config::VipMode::Standalone {
+            crate::vip::start_standalone(interface, vip, controller.metrics(), tasks, stop.clone())
+                .await
+                .context("VIP (standalone)")?;
+        }
+    }
+    crate::vrrp::driver::start_on_own_thread(
+        crate::vrrp::Spec::from_config(&config),
+        controller.clone(),
+        Some(first_round),
+        tasks,
+        stop.clone(),
+    )
+    .await
+    .context("VRRP")
+}
+
+/// The dsr forwarder forwards while this node is VRRP master (the first instance's state:
+/// dsr VIPs live in one group), and only then: a backup that forwarded too would answer ARP
+/// for the VIP beside the master.
+fn follow_mastership(
+    active: Arc<std::sync::atomic::AtomicBool>,
+    mut vrrp: crate::vrrp::Handle,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) {
+    tasks.spawn(async move {
+        loop {
+            let master = vrrp.state() == crate::vrrp::State::Master;
+            active.store(master, std::sync::atomic::Ordering::Release);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = vrrp.changed() => if !changed { return },
+            }
+        }
+    });
 }
 
 /// Runs until SIGTERM or SIGINT (SIGHUP reloads), then drains for the configured time.

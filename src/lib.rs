@@ -42,6 +42,10 @@
 //!   reload, vrrp; its client for `portico ctl` and the drills.
 //! - [`dsr`]: direct server return: the AF_PACKET forwarder for `forwarding = "dsr"`
 //!   services (frame parsing, flow table, ARP for the VIP, MAC rewrite).
+//! - [`vip`]: VIP addresses on the interface (rtnetlink), gratuitous ARP / unsolicited NA,
+//!   ARP conflict probe, cleanup of VIPs left by a crashed run.
+//! - [`vrrp`]: VRRPv3 (RFC 5798): packet codec and state machine (pure), and the driver
+//!   (raw IP protocol 112 socket, timers) that holds the VIP while master.
 
 pub mod admin;
 pub mod affinity;
@@ -62,3 +66,5 @@ pub mod sim;
 pub mod snapshot;
 pub mod systemd;
 pub mod token;
+pub mod vip;
+pub mod vrrp;

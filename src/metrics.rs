@@ -169,6 +169,7 @@ pub struct Metrics {
     pub config_reload_failures: IntCounter,
     /// Unix seconds of the last successful load (the start counts as one).
     pub config_last_reload_success: IntGauge,
+    pub vrrp: VrrpFamilies,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -422,6 +423,7 @@ impl Metrics {
                 &["service", "direction"],
             ),
             snapshot_generation,
+            vrrp: VrrpFamilies::register(&reg),
             registry: reg,
         })
     }
@@ -625,4 +627,100 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
 /// Binds the metrics listener (so the caller sees bind errors at start) and returns it.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+// === VRRP and VIP ===
+
+pub const VRRP_STATE: &str = "portico_vrrp_state";
+pub const VRRP_PRIORITY: &str = "portico_vrrp_priority";
+pub const VRRP_TRANSITIONS: &str = "portico_vrrp_transitions_total";
+pub const VRRP_ADVERTS_SENT: &str = "portico_vrrp_adverts_sent_total";
+pub const VRRP_ADVERTS_RECEIVED: &str = "portico_vrrp_adverts_received_total";
+pub const VRRP_RX_ERRORS: &str = "portico_vrrp_rx_errors_total";
+pub const VRRP_DUAL_MASTER: &str = "portico_vrrp_dual_master_total";
+pub const VIP_ANNOUNCEMENTS: &str = "portico_vip_announcements_total";
+pub const VIP_CONFLICTS: &str = "portico_vip_conflicts_total";
+
+/// The VRRP and VIP families (names mirror RFC 6527 / keepalived's counters where they can).
+pub struct VrrpFamilies {
+    /// 1 for the instance's current state (initialize, backup, master), 0 for the others.
+    pub state: IntGaugeVec,
+    pub priority: IntGaugeVec,
+    pub transitions: IntCounterVec,
+    pub adverts_sent: IntCounterVec,
+    pub adverts_received: IntCounterVec,
+    /// By [`crate::vrrp::RxError`] reason; not per VRID (an unknown VRID has none of ours).
+    pub rx_errors: IntCounterVec,
+    pub dual_master: IntCounterVec,
+    /// `kind` = garp or na.
+    pub vip_announcements: IntCounterVec,
+    /// ARP packets from another host claiming a VIP we hold (standalone mode).
+    pub vip_conflicts: IntCounter,
+}
+
+impl VrrpFamilies {
+    fn register(reg: &Registry) -> VrrpFamilies {
+        let f = VrrpFamilies {
+            state: gauge(
+                reg,
+                VRRP_STATE,
+                "1 for the VRRP instance's current state (initialize, backup, master), 0 for the others.",
+                &["vrid", "state"],
+            ),
+            priority: gauge(
+                reg,
+                VRRP_PRIORITY,
+                "Effective VRRP priority (configured, less tracking penalties).",
+                &["vrid"],
+            ),
+            transitions: counter(
+                reg,
+                VRRP_TRANSITIONS,
+                "VRRP state transitions.",
+                &["vrid", "from", "to"],
+            ),
+            adverts_sent: counter(reg, VRRP_ADVERTS_SENT, "VRRP advertisements sent.", &["vrid"]),
+            adverts_received: counter(
+                reg,
+                VRRP_ADVERTS_RECEIVED,
+                "Valid VRRP advertisements received for the instance.",
+                &["vrid"],
+            ),
+            rx_errors: counter(
+                reg,
+                VRRP_RX_ERRORS,
+                "VRRP packets dropped, by reason (ttl, version, type, checksum, vrid_unknown, truncated, address_count, interval, not_peer, ip_header); address_list is counted but the advert is used.",
+                &["reason"],
+            ),
+            dual_master: counter(
+                reg,
+                VRRP_DUAL_MASTER,
+                "Adverts a master heard from another master of its VRID with lower precedence (split brain).",
+                &["vrid"],
+            ),
+            vip_announcements: counter(
+                reg,
+                VIP_ANNOUNCEMENTS,
+                "Gratuitous ARPs (kind=garp) and unsolicited neighbour advertisements (kind=na) sent for VIPs.",
+                &["kind"],
+            ),
+            vip_conflicts: {
+                let c = IntCounter::new(
+                    VIP_CONFLICTS,
+                    "ARP packets from another host claiming a VIP this node holds (standalone mode; RFC 5227 conflict).",
+                )
+                .expect("static metric definition");
+                reg.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+        };
+        for r in crate::vrrp::RxError::ALL {
+            f.rx_errors.with_label_values(&[r.as_str()]);
+        }
+        for k in ["garp", "na"] {
+            f.vip_announcements.with_label_values(&[k]);
+        }
+        f
+    }
 }

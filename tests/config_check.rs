@@ -167,6 +167,36 @@ const BROKEN: &[Case] = &[
         ],
     ),
     (
+        "broken-vip-announce.toml",
+        &[
+            (
+                8,
+                "vip.label",
+                "\"enp0s31f6:portico-vip\" is longer than the kernel's 15-byte address label",
+            ),
+            (
+                9,
+                "vip.garp_master_repeat",
+                "must be between 1 and 100, got 0",
+            ),
+        ],
+    ),
+    (
+        "broken-vip-groups.toml",
+        &[
+            (
+                12,
+                "vip[1].addresses",
+                "192.0.2.10 is also in VIP group 0: an address belongs to one group",
+            ),
+            (
+                14,
+                "vip[1].vrrp.vrid",
+                "vrid 51 is also used by VIP group 0: one VRID per instance",
+            ),
+        ],
+    ),
+    (
         "broken-table-size.toml",
         &[(12, "pool.gw.table_size", "65536 is not prime")],
     ),
@@ -611,4 +641,53 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn several_vip_groups_each_with_its_vrid() {
+    let text = r#"
+[node]
+name = "lb1"
+interface = "eth0"
+
+[[vip]]
+addresses = ["192.0.2.10/24"]
+mode = "vrrp"
+[vip.vrrp]
+vrid = 51
+priority = 150
+
+[[vip]]
+addresses = ["192.0.2.11/24"]
+mode = "vrrp"
+label = "vip2"
+[vip.vrrp]
+vrid = 52
+priority = 100
+
+[[service]]
+name = "https"
+listen = "0.0.0.0:10443"
+pool = "gw"
+
+[pool.gw]
+backends = [ { name = "web01", address = "10.0.0.11" } ]
+"#;
+    let c = config::parse(text, Path::new("g.toml")).expect("valid");
+    let groups: Vec<_> = c.vip_groups().collect();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(c.vip_more.len(), 1);
+    let vrids: Vec<u8> = groups
+        .iter()
+        .map(|g| match &g.mode {
+            VipMode::Vrrp(v) => v.vrid,
+            VipMode::Standalone => 0,
+        })
+        .collect();
+    assert_eq!(vrids, [51, 52]);
+    assert_eq!(groups[1].label, "vip2");
+    let specs = portico::vrrp::Spec::from_config(&c);
+    assert_eq!(specs.len(), 2);
+    assert_eq!(specs[1].vrid, 52);
+    assert_eq!(specs[0].tracked_pools, ["gw"]);
 }

@@ -215,7 +215,7 @@ pub async fn dispatch(node: &Node, req: Request) -> Reply {
                 })
             }
         },
-        Request::Vrrp { action } => match super::vrrp::call(node, Some(action)) {
+        Request::Vrrp { action } => match super::vrrp::act(node, action).await {
             Ok(s) => Reply::Vrrp(s),
             Err(e) => Reply::error(e),
         },

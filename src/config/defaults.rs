@@ -5,6 +5,20 @@
 /// `[vip] mode`.
 pub const VIP_MODE: &str = "standalone";
 
+/// `[vip] label`: short, so `IFACE:label` fits the kernel's 15 bytes for most names.
+pub const VIP_LABEL: &str = "vip";
+/// `[vip] garp_master_repeat`: keepalived's default.
+pub const GARP_MASTER_REPEAT: u32 = 5;
+/// `[vip] garp_interval_ms`: keepalived's default (no spacing).
+pub const GARP_INTERVAL_MS: u64 = 0;
+/// `[vip] garp_master_delay_ms`: keepalived's default second burst after 5 s.
+pub const GARP_MASTER_DELAY_MS: u64 = 5000;
+/// `[vip] garp_master_refresh_s`: on (keepalived: off): one stale ARP entry in a router can
+/// black-hole the VIP for hours.
+pub const GARP_MASTER_REFRESH_S: u64 = 60;
+/// `[vip.vrrp] checksum_as_v2`.
+pub const VRRP_CHECKSUM_AS_V2: bool = false;
+
 /// `[vip.vrrp] priority`: the RFC 5798 §5.2.4 default for a backup router.
 pub const VRRP_PRIORITY: u8 = 100;
 /// `[vip.vrrp] advert_interval_ms`: the RFC 5798 §5.2.7 default (100 centiseconds).

@@ -15,7 +15,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub node: Option<RawNode>,
-    pub vip: Option<RawVip>,
+    pub vip: Option<RawVips>,
     pub service: Option<Vec<RawService>>,
     /// Sorted by name, which is also the order of [`super::Config::pools`].
     pub pool: Option<BTreeMap<String, RawPool>>,
@@ -33,13 +33,48 @@ pub struct RawNode {
     pub interface: Option<String>,
 }
 
-/// `[vip]`
+/// `[vip]` (one group) or `[[vip]]` (several groups, e.g. one VRRP instance each).
+#[derive(Debug)]
+pub enum RawVips {
+    One(Box<RawVip>),
+    Many(Vec<RawVip>),
+}
+
+impl<'de> Deserialize<'de> for RawVips {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawVips;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a [vip] table or [[vip]] tables")
+            }
+            // Handing the map/seq access on (rather than buffering) keeps serde's field paths
+            // and unknown-field errors exactly as for any other table.
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawVips, A::Error> {
+                RawVip::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|v| RawVips::One(Box::new(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawVips, A::Error> {
+                Vec::<RawVip>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawVips::Many)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One VIP group: `[vip]` or one `[[vip]]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVip {
     pub addresses: Option<Vec<String>>,
     pub mode: Option<String>,
     pub vrrp: Option<RawVrrp>,
+    pub label: Option<String>,
+    pub garp_master_delay_ms: Option<i64>,
+    pub garp_master_repeat: Option<i64>,
+    pub garp_interval_ms: Option<i64>,
+    pub garp_master_refresh_s: Option<i64>,
 }
 
 /// `[vip.vrrp]`
@@ -54,6 +89,7 @@ pub struct RawVrrp {
     pub accept_mode: Option<bool>,
     pub unicast_peers: Option<Vec<String>>,
     pub track_pool_penalty: Option<i64>,
+    pub checksum_as_v2: Option<bool>,
 }
 
 /// `[[service]]`

@@ -14,7 +14,11 @@ pub struct Config {
     /// Where it was read from (for messages); `<embedded>` for generated configs.
     pub source: PathBuf,
     pub node: Node,
+    /// The `[vip]` table, or the first `[[vip]]` group.
     pub vip: Option<Vip>,
+    /// The second and later `[[vip]]` groups (each its own VRRP instance with its own VRID, so
+    /// two nodes can each be master of one: active/active).
+    pub vip_more: Vec<Vip>,
     /// In file order.
     pub services: Vec<Service>,
     /// Sorted by name.
@@ -26,6 +30,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every VIP group in file order.
+    pub fn vip_groups(&self) -> impl Iterator<Item = &Vip> {
+        self.vip.iter().chain(self.vip_more.iter())
+    }
+
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
     }
@@ -49,6 +58,23 @@ pub struct IpPrefix {
 pub struct Vip {
     pub addresses: Vec<IpPrefix>,
     pub mode: VipMode,
+    /// IPv4 address label suffix: VIPs carry `IFACE:label`, which is how a restarted node
+    /// recognises (and removes) addresses a crashed one left behind.
+    pub label: String,
+    pub announce: Announce,
+}
+
+/// Gratuitous ARP / unsolicited NA schedule, keepalived's `garp_master_*` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announce {
+    /// Announcements per burst (`garp_master_repeat`), >= 1.
+    pub repeat: u32,
+    /// Spacing within a burst (`garp_interval`).
+    pub interval: Duration,
+    /// A second burst this long after taking the VIP (`garp_master_delay`); zero: none.
+    pub delay: Duration,
+    /// While holding the VIP, one announcement this often (`garp_master_refresh`); `None`: off.
+    pub refresh: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +100,9 @@ pub struct Vrrp {
     pub unicast_peers: Vec<IpAddr>,
     /// Priority is lowered by this much while a pool has no eligible backend.
     pub track_pool_penalty: u8,
+    /// Also accept IPv4 adverts whose checksum has no pseudo-header (keepalived
+    /// `v3_checksum_as_v2` peers).
+    pub checksum_as_v2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -403,7 +403,22 @@ fn secs(v: u64) -> Duration {
 fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
     let root = FieldPath::root();
     let node = node(raw.node, &root.key("node"), r);
-    let vip = raw.vip.and_then(|v| vip(v, &node, &root, r));
+    let mut groups: Vec<Vip> = match raw.vip {
+        None => Vec::new(),
+        Some(RawVips::One(v)) => vip(*v, &node, &root.key("vip"), r).into_iter().collect(),
+        Some(RawVips::Many(list)) => list
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| vip(v, &node, &root.key("vip").index(i), r))
+            .collect(),
+    };
+    vip_clashes(&groups, &raw_vip_paths(r, groups.len()), r);
+    let vip_more = if groups.len() > 1 {
+        groups.split_off(1)
+    } else {
+        Vec::new()
+    };
+    let vip = groups.pop();
     // Pool names as written, taken from the text rather than from `raw`: a pool cut out for a
     // shape error still exists as far as the services naming it are concerned. `None` when
     // `pool` itself is not a table: that shape error says it all.
@@ -428,6 +443,7 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
         source: source.to_owned(),
         node,
         vip,
+        vip_more,
         services,
         pools,
         balancer,
@@ -493,8 +509,50 @@ fn ip_prefix(text: &str) -> Result<IpPrefix, String> {
     Ok(IpPrefix { addr, len })
 }
 
-fn vip(raw: RawVip, node: &Node, root: &FieldPath, r: &mut Report<'_>) -> Option<Vip> {
-    let p = root.key("vip");
+/// The field path of VIP group `i` as written: `vip` for a single `[vip]`, `vip[i]` for
+/// `[[vip]]` groups.
+fn raw_vip_paths(r: &Report<'_>, n: usize) -> Vec<FieldPath> {
+    let root = FieldPath::root().key("vip");
+    match r.root.get("vip").map(|v| v.get_ref()) {
+        Some(toml::de::DeValue::Array(_)) => (0..n).map(|i| root.index(i)).collect(),
+        _ => vec![root; n],
+    }
+}
+
+/// Across groups: an address belongs to one group, a VRID to one instance.
+fn vip_clashes(groups: &[Vip], paths: &[FieldPath], r: &mut Report<'_>) {
+    let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
+    let mut vrids: HashMap<u8, usize> = HashMap::new();
+    for (i, (g, p)) in groups.iter().zip(paths).enumerate() {
+        for a in &g.addresses {
+            if let Some(first) = addrs.insert(a.addr, i) {
+                if first != i {
+                    r.error(
+                        &p.key("addresses"),
+                        format!(
+                            "{} is also in VIP group {first}: an address belongs to one group",
+                            a.addr
+                        ),
+                    );
+                }
+            }
+        }
+        if let VipMode::Vrrp(v) = &g.mode {
+            if let Some(first) = vrids.insert(v.vrid, i) {
+                r.error(
+                    &p.key("vrrp").key("vrid"),
+                    format!(
+                        "vrid {} is also used by VIP group {first}: one VRID per instance",
+                        v.vrid
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn vip(raw: RawVip, node: &Node, p: &FieldPath, r: &mut Report<'_>) -> Option<Vip> {
+    let p = p.clone();
     let ap = p.key("addresses");
     let mut addresses = Vec::new();
     match raw.addresses {
@@ -527,7 +585,7 @@ fn vip(raw: RawVip, node: &Node, root: &FieldPath, r: &mut Report<'_>) -> Option
     }
     if node.interface.is_none() {
         r.error_at(
-            &root.key("node").key("interface"),
+            &FieldPath::root().key("node").key("interface"),
             &p,
             "required when [vip] is set: the VIP addresses are added to this interface",
         );
@@ -563,7 +621,67 @@ fn vip(raw: RawVip, node: &Node, root: &FieldPath, r: &mut Report<'_>) -> Option
             VipMode::Standalone
         }
     };
-    Some(Vip { addresses, mode })
+    let label_path = p.key("label");
+    let label = raw.label.unwrap_or_else(|| d::VIP_LABEL.to_owned());
+    let iface_len = node.interface.as_deref().map_or(0, str::len);
+    if label.is_empty()
+        || !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        r.error(
+            &label_path,
+            format!("\"{label}\" must be non-empty letters, digits, '-', '_' or '.'"),
+        );
+    } else if iface_len + 1 + label.len() > MAX_IFNAME {
+        r.error(
+            &label_path,
+            format!(
+                "\"{}:{label}\" is longer than the kernel's {MAX_IFNAME}-byte address label; shorten the label",
+                node.interface.as_deref().unwrap_or_default()
+            ),
+        );
+    }
+    let repeat = r.u32(
+        &p.key("garp_master_repeat"),
+        raw.garp_master_repeat,
+        d::GARP_MASTER_REPEAT,
+        1,
+        100,
+    );
+    let interval = r.u64(
+        &p.key("garp_interval_ms"),
+        raw.garp_interval_ms,
+        d::GARP_INTERVAL_MS,
+        0,
+        10_000,
+    );
+    let delay = r.u64(
+        &p.key("garp_master_delay_ms"),
+        raw.garp_master_delay_ms,
+        d::GARP_MASTER_DELAY_MS,
+        0,
+        3_600_000,
+    );
+    let refresh = r.u64(
+        &p.key("garp_master_refresh_s"),
+        raw.garp_master_refresh_s,
+        d::GARP_MASTER_REFRESH_S,
+        0,
+        86_400,
+    );
+    let announce = Announce {
+        repeat,
+        interval: ms(interval),
+        delay: ms(delay),
+        refresh: (refresh > 0).then(|| secs(refresh)),
+    };
+    Some(Vip {
+        addresses,
+        mode,
+        label,
+        announce,
+    })
 }
 
 fn vrrp(raw: RawVrrp, p: &FieldPath, r: &mut Report<'_>) -> Vrrp {
@@ -630,6 +748,7 @@ fn vrrp(raw: RawVrrp, p: &FieldPath, r: &mut Report<'_>) -> Vrrp {
         accept_mode: raw.accept_mode.unwrap_or(d::VRRP_ACCEPT_MODE),
         unicast_peers,
         track_pool_penalty,
+        checksum_as_v2: raw.checksum_as_v2.unwrap_or(d::VRRP_CHECKSUM_AS_V2),
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Node {
     /// One reload at a time (SIGHUP and `ctl reload` may race).
     reload_lock: tokio::sync::Mutex<()>,
     pub started: Instant,
+    /// The VRRP instances, set once at start (empty without `mode = "vrrp"`); the admin side
+    /// reads and demotes them through `crate::admin::vrrp` only.
+    pub(crate) vrrp: std::sync::OnceLock<Vec<crate::vrrp::Handle>>,
 }
 
 /// What a successful reload changed.
@@ -82,6 +85,7 @@ impl Node {
             health_stop: Mutex::new(CancellationToken::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
+            vrrp: std::sync::OnceLock::new(),
         }
     }
 
@@ -91,7 +95,11 @@ impl Node {
     }
 
     /// (Re)starts the health tasks of the current config, stopping any running ones.
-    pub(crate) fn start_health(&self) -> Result<(), crate::health::SetupError> {
+    /// The returned receiver counts down to the first round of verdicts (VRRP waits for it
+    /// before it preempts).
+    pub(crate) fn start_health(
+        &self,
+    ) -> Result<tokio::sync::watch::Receiver<usize>, crate::health::SetupError> {
         let token = self.plane.hard_stop.child_token();
         let old = {
             let mut g = self.health_stop.lock().unwrap_or_else(|e| e.into_inner());

@@ -80,15 +80,19 @@ struct Backend {
     /// The state this task last published (or was given by fail-static).
     state: HealthState,
     passive: Option<mpsc::Receiver<()>>,
+    /// Counts down backends still waiting for their first probe (VRRP holds preemption until
+    /// it reaches zero); taken after this backend's first probe.
+    first_round: Option<Arc<tokio::sync::watch::Sender<usize>>>,
 }
 
 /// Starts one health task per backend of every pool with checks (or passive checking).
 /// Fails, before spawning anything, when a pool's probe cannot be set up (CA file, signing key).
+/// The returned receiver reaches zero once every probed backend has had its first probe.
 pub fn spawn(
     controller: &Arc<Controller>,
     tasks: &TaskTracker,
     stop: CancellationToken,
-) -> Result<(), SetupError> {
+) -> Result<tokio::sync::watch::Receiver<usize>, SetupError> {
     let config = controller.config();
     let snap = controller.snapshot().load_full();
     let metrics = controller.metrics().clone();
@@ -139,17 +143,21 @@ pub fn spawn(
                 tiers,
                 state: b.health,
                 passive,
+                first_round: None,
             });
         }
     }
     if let Err(error) = controller.set_passive_sink(Some(Arc::new(sink))) {
         warn!(%error, "passive health checks not installed");
     }
-    for b in backends {
+    let (first_tx, first_rx) = tokio::sync::watch::channel(backends.len());
+    let first_tx = Arc::new(first_tx);
+    for mut b in backends {
+        b.first_round = Some(first_tx.clone());
         let span = tracing::info_span!("health.backend", pool = %b.pool, backend = %b.name);
         tasks.spawn(b.run(stop.clone()).instrument(span));
     }
-    Ok(())
+    Ok(first_rx)
 }
 
 /// The port a probe of `pool` connects to on a backend without its own: the first TCP
@@ -203,6 +211,11 @@ impl Backend {
                 _ = sleep_until(next) => {
                     if !self.wake(&stop, &mut seed).await {
                         return;
+                    }
+                    // The first verdict of this backend: VRRP holds back preemption until
+                    // every backend has one.
+                    if let Some(f) = self.first_round.take() {
+                        f.send_modify(|n| *n = n.saturating_sub(1));
                     }
                 }
                 Some(()) = recv(&mut passive) => self.on_passive(),

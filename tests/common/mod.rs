@@ -94,6 +94,7 @@ pub fn config(backends: &[(&str, SocketAddr, u32)]) -> Config {
             interface: None,
         },
         vip: None,
+        vip_more: Vec::new(),
         services: vec![
             service("rdgw-https", Protocol::Tcp, Duration::from_secs(60)),
             service("rdgw-udp", Protocol::Udp, Duration::from_secs(60)),
