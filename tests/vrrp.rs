@@ -232,8 +232,12 @@ interval_ms = 500
 
 [metrics]
 listen = "127.0.0.1:9469"
+
+[admin]
+socket = "{admin}"
 "#,
-            vip = self.vip()
+            vip = self.vip(),
+            admin = self.dir.join(format!("{name}.sock")).display()
         );
         std::fs::write(&path, text).expect("config");
         path
@@ -987,8 +991,12 @@ backends = [ {{ name = "be1", address = "{}" }} ]
 
 [metrics]
 listen = "127.0.0.1:9469"
+
+[admin]
+socket = "{}"
 "#,
-            lab.ip(2)
+            lab.ip(2),
+            lab.dir.join("solo.sock").display()
         ),
     )
     .unwrap();
@@ -1361,7 +1369,11 @@ backends = [ {{ name = "be1", address = "10.200.47.3" }} ]
 
 [metrics]
 listen = "127.0.0.1:9469"
-"#
+
+[admin]
+socket = "{admin}"
+"#,
+                admin = lab.dir.join(format!("{name}.sock")).display()
             ),
         )
         .unwrap();
