@@ -1576,3 +1576,76 @@ fn keepalived_unicast_interop() {
     signal(kp, libc::SIGTERM);
     wait_exit(&mut lab, kp);
 }
+
+/// The operator's path to a hand-over, with the real binaries: `portico ctl status` shows
+/// which node is master, and `portico drill vip-handover`, run from the client's namespace
+/// against node A's admin socket, demotes A, watches the VIP move to B while ticking connects
+/// at it, prints its timeline, passes, and resumes A (which preempts back).
+#[test]
+fn ctl_status_and_vip_handover_drill() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::new("d", 48, &["a", "b", "c"]);
+    let (a, b, c) = (
+        lab.nodes[0].clone(),
+        lab.nodes[1].clone(),
+        lab.nodes[2].clone(),
+    );
+    let vip = lab.vip();
+    lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
+    let conf_a = lab.portico_config("lb-a", 150, lab.ip(2));
+    let conf_b = lab.portico_config("lb-b", 100, lab.ip(2));
+    lab.portico(&a, &conf_a);
+    lab.portico(&b, &conf_b);
+    assert!(
+        lab.wait_holds(&a, true, Duration::from_secs(5)).is_some(),
+        "A (150) never took the VIP:\n{}",
+        lab.log(&a)
+    );
+    let sock_a = lab.dir.join("lb-a.sock");
+    let ctl = |sock: &Path| {
+        let out = Command::new(BIN)
+            .args(["ctl", "--socket"])
+            .arg(sock)
+            .args(["status", "--json"])
+            .output()
+            .expect("portico ctl");
+        assert!(out.status.success(), "ctl status failed: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["vrrp"]["state"].as_str().unwrap_or("").to_string()
+    };
+    assert!(ctl(&sock_a).starts_with("master"), "{}", ctl(&sock_a));
+    assert!(ctl(&lab.dir.join("lb-b.sock")).starts_with("backup"));
+
+    let target = format!("{vip}:{SERVICE_PORT}");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &c, BIN, "drill", "--socket"])
+        .arg(&sock_a)
+        .args([
+            "vip-handover",
+            "--target",
+            &target,
+            "--max-gap-ms",
+            "1500",
+            "--watch-s",
+            "2",
+        ])
+        .output()
+        .expect("portico drill");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "drill failed:\n{text}");
+    assert!(
+        text.contains("vrrp demote"),
+        "timeline names the step:\n{text}"
+    );
+    assert!(text.contains("+0."), "timestamped timeline:\n{text}");
+    // Without --keep the drill resumes A, which preempts back.
+    assert!(
+        lab.wait_holds(&a, true, Duration::from_secs(5)).is_some(),
+        "A did not take the VIP back after the drill:\n{text}"
+    );
+    assert!(lab.wait_holds(&b, false, Duration::from_secs(2)).is_some());
+    eprintln!("{text}");
+}

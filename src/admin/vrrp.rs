@@ -42,10 +42,20 @@ pub async fn act(node: &Node, action: VrrpAction) -> Result<VrrpStatus, String> 
             return Err(format!("vrrp {}: the instance is not running", h.vrid()));
         }
     }
-    if matches!(action, VrrpAction::Demote) {
-        for h in handles {
-            let mut h = h.clone();
-            let _ = h.wait_for(State::Backup, SETTLE).await;
+    for h in handles {
+        let mut h = h.clone();
+        match action {
+            VrrpAction::Demote => {
+                let _ = h.wait_for(State::Backup, SETTLE).await;
+            }
+            // Resuming changes the priority at once; mastership follows by preemption (or
+            // not, without it), which the reply does not wait for.
+            VrrpAction::Resume => {
+                let _ = tokio::time::timeout(SETTLE, async {
+                    while h.status().demoted && h.changed().await {}
+                })
+                .await;
+            }
         }
     }
     Ok(status(node, handles))

@@ -392,15 +392,24 @@ fn spawn_ticker(
                 _ = stop.cancelled() => return,
                 _ = every.tick() => {}
             }
-            let answer = match (udp, tcp) {
-                _ if paused.load(std::sync::atomic::Ordering::Relaxed) => Some(PAUSED.to_string()),
-                (Some(u), _) => udp_ask(from, u, &names).await,
-                (None, Some(a)) => tcp_alive(from, a).await.then(|| "tcp".to_string()),
-                (None, None) => None,
-            };
-            t.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((Instant::now(), answer));
+            // Each ask runs on its own, stamped with when it was sent: an ask that hangs (a SYN
+            // sent to the old owner's MAC just as the VIP moves) must not hold back the next
+            // ones, or the gap would measure our timeout rather than the outage.
+            let sent = Instant::now();
+            let paused = paused.load(std::sync::atomic::Ordering::Relaxed);
+            let (t, names) = (t.clone(), names.clone());
+            tokio::spawn(async move {
+                let answer = match (udp, tcp) {
+                    _ if paused => Some(PAUSED.to_string()),
+                    (Some(u), _) => udp_ask(from, u, &names).await,
+                    (None, Some(a)) => tcp_alive(from, a).await.then(|| "tcp".to_string()),
+                    (None, None) => None,
+                };
+                let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+                // Keep send order (asks finish out of order).
+                let at = t.partition_point(|(s, _)| *s <= sent);
+                t.insert(at, (sent, answer));
+            });
         }
     });
     (ticks, h)
