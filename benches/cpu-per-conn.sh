@@ -6,6 +6,7 @@
 # connection (utime+stime from /proc, divided by connections served) barely does.
 #   cargo build --release && benches/cpu-per-conn.sh
 #   PORTICO_BIN_B=/path/to/other/portico benches/cpu-per-conn.sh   # two Portico builds + HAProxy
+#   WORKERS=2 benches/cpu-per-conn.sh     # data-plane threads (Portico) / nbthread (HAProxy)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 A=${PORTICO_BIN:-$here/target/release/portico}
@@ -40,12 +41,12 @@ socket = "$d/$1.sock"
 T
 }
 mk old 18090; mk new 18092
-"$A" run --config $d/old.toml --workers 1 >$d/old.log 2>&1 & OLD=$!
+"$A" run --config $d/old.toml --workers "${WORKERS:-1}" >$d/old.log 2>&1 & OLD=$!
 NEW=
-if [ -n "$B" ]; then "$B" run --config $d/new.toml --workers 1 >$d/new.log 2>&1 & NEW=$!; fi
+if [ -n "$B" ]; then "$B" run --config $d/new.toml --workers "${WORKERS:-1}" >$d/new.log 2>&1 & NEW=$!; fi
 cat > $d/haproxy.cfg <<H
 global
-  nbthread 1
+  nbthread ${WORKERS:-1}
 defaults
   mode tcp
   timeout connect 5s
