@@ -37,6 +37,7 @@
 //! SOA serial moves only when the answered set changes.
 
 pub mod fuzzing;
+pub mod hickory;
 pub mod server;
 pub mod wire;
 pub mod zone;

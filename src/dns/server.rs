@@ -31,14 +31,14 @@ const MAX_TCP_QUERY: usize = 4096;
 const UDP_BATCH: usize = 64;
 /// RFC 7766 §6.2.3 leaves the idle timeout to the server; a few seconds frees connections of
 /// clients that went away.
-const TCP_IDLE: Duration = Duration::from_secs(10);
+pub(super) const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Concurrent TCP connections; beyond it new ones are closed at once (DNS clients retry).
 const MAX_TCP_CONNECTIONS: usize = 256;
 
 /// Every listening socket, bound (so a bad address fails the start) but not yet served.
 pub struct Bound {
-    udp: Vec<std::net::UdpSocket>,
-    tcp: Vec<std::net::TcpListener>,
+    pub(super) udp: Vec<std::net::UdpSocket>,
+    pub(super) tcp: Vec<std::net::TcpListener>,
     /// One per configured listen address, with the real port.
     pub addrs: Vec<SocketAddr>,
 }
@@ -130,6 +130,9 @@ impl Bound {
             metrics.dns_alias_addresses.clone(),
         ));
         let counters = Arc::new(DnsCounters::new(metrics));
+        if super::hickory::selected() {
+            return super::hickory::spawn(self, zones, counters, tasks, stop);
+        }
         for s in self.udp {
             let s = UdpSocket::from_std(s).context("dns: registering a udp socket")?;
             tasks.spawn(serve_udp(s, zones.clone(), counters.clone(), stop.clone()));
@@ -157,9 +160,9 @@ impl Bound {
 
 /// What a socket task answers from: the snapshot it was built for, and the zone.
 #[derive(Clone)]
-struct Current {
-    snap: Arc<Snapshot>,
-    zone: Arc<Zone>,
+pub(super) struct Current {
+    pub(super) snap: Arc<Snapshot>,
+    pub(super) zone: Arc<Zone>,
 }
 
 struct State {
@@ -168,7 +171,7 @@ struct State {
 }
 
 /// Builds the zone for each new snapshot, once, for every socket task.
-struct ZoneSource {
+pub(super) struct ZoneSource {
     spec: ZoneSpec,
     snapshot: Arc<ArcSwap<Snapshot>>,
     state: Mutex<State>,
@@ -203,12 +206,12 @@ impl ZoneSource {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn current(&self) -> Current {
+    pub(super) fn current(&self) -> Current {
         self.lock().current.clone()
     }
 
     /// The hot path: one load and one pointer comparison; a new snapshot takes the lock.
-    fn refresh(&self, cur: &mut Current) {
+    pub(super) fn refresh(&self, cur: &mut Current) {
         let g = self.snapshot.load();
         if Arc::ptr_eq(&g, &cur.snap) {
             return;
@@ -250,7 +253,7 @@ const QTYPES: [(u16, &str); 7] = [
 ];
 
 /// Pre-resolved handles: a query only increments.
-struct DnsCounters {
+pub(super) struct DnsCounters {
     /// [qtype index (QTYPES, then "other")][rcode index (Rcode::ALL)].
     queries: Vec<[IntCounter; Rcode::ALL.len()]>,
     /// Indexed like [`Malformed::ALL`].
@@ -292,7 +295,7 @@ impl DnsCounters {
 
 // === answering ===
 
-enum Handled {
+pub(super) enum Handled {
     /// Nothing to send.
     Drop,
     /// `out` holds one message.
@@ -301,7 +304,7 @@ enum Handled {
     Transfer,
 }
 
-fn handle(
+pub(super) fn handle(
     packet: &[u8],
     transport: Transport,
     peer: IpAddr,
