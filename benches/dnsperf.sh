@@ -75,7 +75,7 @@ listen = "off"
 [admin]
 socket = "$work/admin-$1.sock"
 EOF
-  PORTICO_DNS_ENGINE=$1 RUST_LOG=warn "$portico" run --config "$work/portico-$1.toml" --workers 1 \
+  PORTICO_DNS_ENGINE=$1 PORTICO_LOG=warn "$portico" run --config "$work/portico-$1.toml" --workers 1 \
     > "$work/portico-$1.log" 2>&1 &
   pids+=($!)
 }
@@ -181,6 +181,11 @@ for r in $(seq "$rounds"); do
   done
   echo "$line"
 done
+# A server that stopped answering shows as lost queries: say whether it is still running.
+for p in "${pids[@]}"; do
+  kill -0 "$p" 2>/dev/null || echo "server pid $p has exited" >&2
+done
+tail -n 3 "$work"/portico-*.log >&2
 # shellcheck disable=SC2086
 nsd_median=$(median ${qps[nsd]})
 for srv in "${servers[@]}"; do
