@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # DNS answer rate: Portico's alias zone against NSD serving the same zone, side by side in one
-# run, on loopback (ports below the ephemeral range, never 53). Portico runs once per DNS
-# engine listed in ENGINES (its own responder, "fast", and hickory-server, "hickory", chosen
-# with PORTICO_DNS_ENGINE), each daemon on ports of its own. dnsperf sends the same query file
-# to each server for ROUNDS x SECONDS_EACH, in turn, and the medians and their ratios to NSD
-# are printed.
+# run, on loopback (ports below the ephemeral range, never 53). Portico runs once per name in
+# ENGINES, each daemon with PORTICO_DNS_ENGINE=<name> and ports of its own. dnsperf sends the
+# same query file to each server for ROUNDS x SECONDS_EACH, in turn, and the medians and their
+# ratios to NSD are printed.
 #
 #   cargo build --release && benches/dnsperf.sh       # SECONDS_EACH=15 ROUNDS=2 by default
-#   ENGINES=fast benches/dnsperf.sh                   # one engine only
+#
+# Current builds have one engine and ignore PORTICO_DNS_ENGINE. The side-by-side of Portico's
+# own responder and hickory-server in docs/benchmarks.md used commit 547e888, which has both:
+#   git worktree add /tmp/dns-engines 547e888 && (cd /tmp/dns-engines && cargo build --release)
+#   PORTICO_BIN=<its target>/release/portico ENGINES="fast hickory" benches/dnsperf.sh
 #
 # Needs dnsperf, nsd and dig (Debian: dnsperf, nsd, bind9-dnsutils). NSD runs with
 # rrl-ratelimit: 0 (its response-rate limiting would cap it at a few hundred q/s on loopback)
@@ -26,7 +29,7 @@ rounds=${ROUNDS:-2}
 clients=${CLIENTS:-16}
 portico_port=${PORTICO_DNS_PORT:-15353}
 nsd_port=${NSD_DNS_PORT:-15354}
-engines=${ENGINES:-fast hickory}
+engines=${ENGINES:-fast}
 cores=$(nproc)
 
 for tool in dnsperf nsd dig; do
@@ -148,6 +151,12 @@ for q in "rdgw.lab.test A" "web02.lab.test A" "lab.test NS" "nope.lab.test A"; d
       exit 1
     fi
   done
+done
+
+# A daemon that failed to start (its port still held by an earlier run) would leave the
+# checks above to whoever holds the port.
+for p in "${pids[@]}"; do
+  kill -0 "$p" 2>/dev/null || { echo "server pid $p exited at start" >&2; cat "$work"/portico-*.log >&2; exit 1; }
 done
 
 # The query mix: mostly the alias (what clients ask), some gateway names, the SOA, and the

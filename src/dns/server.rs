@@ -31,14 +31,14 @@ const MAX_TCP_QUERY: usize = 4096;
 const UDP_BATCH: usize = 64;
 /// RFC 7766 §6.2.3 leaves the idle timeout to the server; a few seconds frees connections of
 /// clients that went away.
-pub(super) const TCP_IDLE: Duration = Duration::from_secs(10);
+const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Concurrent TCP connections; beyond it new ones are closed at once (DNS clients retry).
 const MAX_TCP_CONNECTIONS: usize = 256;
 
 /// Every listening socket, bound (so a bad address fails the start) but not yet served.
 pub struct Bound {
-    pub(super) udp: Vec<std::net::UdpSocket>,
-    pub(super) tcp: Vec<std::net::TcpListener>,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
     /// One per configured listen address, with the real port.
     pub addrs: Vec<SocketAddr>,
 }
@@ -130,9 +130,6 @@ impl Bound {
             metrics.dns_alias_addresses.clone(),
         ));
         let counters = Arc::new(DnsCounters::new(metrics));
-        if super::hickory::selected() {
-            return super::hickory::spawn(self, zones, counters, tasks, stop);
-        }
         for s in self.udp {
             let s = UdpSocket::from_std(s).context("dns: registering a udp socket")?;
             tasks.spawn(serve_udp(s, zones.clone(), counters.clone(), stop.clone()));
@@ -160,9 +157,9 @@ impl Bound {
 
 /// What a socket task answers from: the snapshot it was built for, and the zone.
 #[derive(Clone)]
-pub(super) struct Current {
-    pub(super) snap: Arc<Snapshot>,
-    pub(super) zone: Arc<Zone>,
+struct Current {
+    snap: Arc<Snapshot>,
+    zone: Arc<Zone>,
 }
 
 struct State {
@@ -171,7 +168,7 @@ struct State {
 }
 
 /// Builds the zone for each new snapshot, once, for every socket task.
-pub(super) struct ZoneSource {
+struct ZoneSource {
     spec: ZoneSpec,
     snapshot: Arc<ArcSwap<Snapshot>>,
     state: Mutex<State>,
@@ -206,12 +203,12 @@ impl ZoneSource {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn current(&self) -> Current {
+    fn current(&self) -> Current {
         self.lock().current.clone()
     }
 
     /// The hot path: one load and one pointer comparison; a new snapshot takes the lock.
-    pub(super) fn refresh(&self, cur: &mut Current) {
+    fn refresh(&self, cur: &mut Current) {
         let g = self.snapshot.load();
         if Arc::ptr_eq(&g, &cur.snap) {
             return;
@@ -253,7 +250,7 @@ const QTYPES: [(u16, &str); 7] = [
 ];
 
 /// Pre-resolved handles: a query only increments.
-pub(super) struct DnsCounters {
+struct DnsCounters {
     /// [qtype index (QTYPES, then "other")][rcode index (Rcode::ALL)].
     queries: Vec<[IntCounter; Rcode::ALL.len()]>,
     /// Indexed like [`Malformed::ALL`].
@@ -295,7 +292,7 @@ impl DnsCounters {
 
 // === answering ===
 
-pub(super) enum Handled {
+enum Handled {
     /// Nothing to send.
     Drop,
     /// `out` holds one message.
@@ -304,7 +301,7 @@ pub(super) enum Handled {
     Transfer,
 }
 
-pub(super) fn handle(
+fn handle(
     packet: &[u8],
     transport: Transport,
     peer: IpAddr,
