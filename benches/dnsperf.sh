@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # DNS answer rate: Portico's alias zone against NSD serving the same zone, side by side in one
-# run, on loopback (ports below the ephemeral range, never 53). dnsperf sends the same query
-# file to each for ROUNDS x SECONDS, alternating, and the ratio of the medians is printed.
+# run, on loopback (ports below the ephemeral range, never 53). Portico runs once per name in
+# ENGINES, each daemon with PORTICO_DNS_ENGINE=<name> and ports of its own. dnsperf sends the
+# same query file to each server for ROUNDS x SECONDS_EACH, in turn, and the medians and their
+# ratios to NSD are printed.
 #
-#   cargo build --release && benches/dnsperf.sh            # SECONDS=15 ROUNDS=2 by default
+#   cargo build --release && benches/dnsperf.sh       # SECONDS_EACH=15 ROUNDS=2 by default
+#
+# Current builds have one engine and ignore PORTICO_DNS_ENGINE. The side-by-side of Portico's
+# own responder and hickory-server in docs/benchmarks.md used commit 547e888, which has both:
+#   git worktree add /tmp/dns-engines 547e888 && (cd /tmp/dns-engines && cargo build --release)
+#   PORTICO_BIN=<its target>/release/portico ENGINES="fast hickory" benches/dnsperf.sh
 #
 # Needs dnsperf, nsd and dig (Debian: dnsperf, nsd, bind9-dnsutils). NSD runs with
 # rrl-ratelimit: 0 (its response-rate limiting would cap it at a few hundred q/s on loopback)
@@ -22,6 +29,7 @@ rounds=${ROUNDS:-2}
 clients=${CLIENTS:-16}
 portico_port=${PORTICO_DNS_PORT:-15353}
 nsd_port=${NSD_DNS_PORT:-15354}
+engines=${ENGINES:-fast}
 cores=$(nproc)
 
 for tool in dnsperf nsd dig; do
@@ -40,13 +48,15 @@ trap cleanup EXIT
 
 # --- Portico: the lab's shape, three gateways behind one service (nothing listens on the
 # gateway ports, so all are down and, by the none-serving rule, the alias keeps its address).
-cat > "$work/portico.toml" <<EOF
+# One daemon per engine, each with its own DNS port, service port and admin socket.
+start_portico() { # engine dns-port service-port
+  cat > "$work/portico-$1.toml" <<EOF
 [node]
 name = "bench"
 
 [[service]]
 name = "rdgw-https"
-listen = "127.0.0.1:15443"
+listen = "127.0.0.1:$3"
 pool = "gateways"
 
 [pool.gateways]
@@ -57,7 +67,7 @@ backends = [
 ]
 
 [dns]
-listen = ["127.0.0.1:$portico_port"]
+listen = ["127.0.0.1:$2"]
 zone = "lab.test."
 alias = "rdgw.lab.test."
 ttl = 30
@@ -66,11 +76,20 @@ ttl = 30
 listen = "off"
 
 [admin]
-socket = "$work/admin.sock"
+socket = "$work/admin-$1.sock"
 EOF
-RUST_LOG=warn "$portico" run --config "$work/portico.toml" --workers 1 > "$work/portico.log" 2>&1 &
-pids+=($!)
-portico_pid=$!
+  PORTICO_DNS_ENGINE=$1 PORTICO_LOG=warn "$portico" run --config "$work/portico-$1.toml" --workers 1 \
+    > "$work/portico-$1.log" 2>&1 &
+  pids+=($!)
+}
+servers=()  # "name port"
+i=0
+for e in $engines; do
+  # Ports 15353, 15355, ... (NSD has 15354).
+  start_portico "$e" $((portico_port + 2 * i)) $((15443 + i))
+  servers+=("portico-$e $((portico_port + 2 * i))")
+  i=$((i + 1))
+done
 
 # --- NSD: the zone Portico serves, written out (same TTLs, same names, same addresses).
 serial=$(date +%s)
@@ -110,24 +129,34 @@ zone:
 EOF
 nsd -d -c "$work/nsd.conf" > "$work/nsd.out" 2>&1 &
 pids+=($!)
-nsd_pid=$!
+servers+=("nsd $nsd_port")
 
-# Both answer, and answer alike, before anything is measured.
+# All answer, and answer alike, before anything is measured.
 ask() { dig @127.0.0.1 -p "$1" +short +time=1 +tries=1 "$2" "$3" 2>/dev/null || true; }
-for i in $(seq 50); do
-  a=$(ask "$portico_port" rdgw.lab.test A)
-  b=$(ask "$nsd_port" rdgw.lab.test A)
-  [ -n "$a" ] && [ -n "$b" ] && break
-  sleep 0.2
+for srv in "${servers[@]}"; do
+  for i in $(seq 50); do
+    [ -n "$(ask "${srv#* }" rdgw.lab.test A)" ] && break
+    sleep 0.2
+  done
 done
 for q in "rdgw.lab.test A" "web02.lab.test A" "lab.test NS" "nope.lab.test A"; do
   # shellcheck disable=SC2086
-  a=$(ask "$portico_port" $q); b=$(ask "$nsd_port" $q)
-  if [ "$a" != "$b" ]; then
-    echo "answers differ for $q: portico [$a] nsd [$b]" >&2
-    cat "$work/portico.log" "$work/nsd.out" >&2
-    exit 1
-  fi
+  want=$(ask "$nsd_port" $q)
+  for srv in "${servers[@]}"; do
+    # shellcheck disable=SC2086
+    got=$(ask "${srv#* }" $q)
+    if [ "$got" != "$want" ]; then
+      echo "answers differ for $q: ${srv% *} [$got] nsd [$want]" >&2
+      cat "$work"/portico-*.log "$work/nsd.out" >&2
+      exit 1
+    fi
+  done
+done
+
+# A daemon that failed to start (its port still held by an earlier run) would leave the
+# checks above to whoever holds the port.
+for p in "${pids[@]}"; do
+  kill -0 "$p" 2>/dev/null || { echo "server pid $p exited at start" >&2; cat "$work"/portico-*.log >&2; exit 1; }
 done
 
 # The query mix: mostly the alias (what clients ask), some gateway names, the SOA, and the
@@ -147,16 +176,31 @@ run() { # name port -> q/s
     > "$work/dnsperf-$1.out" 2>&1 || true
   awk '/Queries per second:/ {print $4}' "$work/dnsperf-$1.out"
 }
-echo "dnsperf: ${seconds}s each, $rounds rounds, $clients clients, $(nproc) cores"
-ps=(); ns=()
-for r in $(seq "$rounds"); do
-  p=$(run "portico$r" "$portico_port"); ps+=("$p")
-  n=$(run "nsd$r" "$nsd_port"); ns+=("$n")
-  lost_p=$(awk '/Queries lost:/ {print $3}' "$work/dnsperf-portico$r.out")
-  lost_n=$(awk '/Queries lost:/ {print $3}' "$work/dnsperf-nsd$r.out")
-  printf 'round %d  portico %10.0f q/s (lost %s)   nsd %10.0f q/s (lost %s)\n' "$r" "$p" "$lost_p" "$n" "$lost_n"
-done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-mp=$(median "${ps[@]}"); mn=$(median "${ns[@]}")
-awk -v p="$mp" -v n="$mn" 'BEGIN { printf "median   portico %10.0f q/s   nsd %10.0f q/s   ratio %.2f\n", p, n, p / n }'
-kill "$portico_pid" "$nsd_pid" 2>/dev/null || true
+echo "dnsperf: ${seconds}s each, $rounds rounds, $clients clients, $cores cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+declare -A qps
+for r in $(seq "$rounds"); do
+  line="round $r"
+  for srv in "${servers[@]}"; do
+    name=${srv% *}
+    q=$(run "$name-$r" "${srv#* }")
+    qps[$name]="${qps[$name]:-} $q"
+    lost=$(awk '/Queries lost:/ {print $3}' "$work/dnsperf-$name-$r.out")
+    line+=$(printf '  %s %8.0f q/s (lost %s)' "$name" "$q" "$lost")
+  done
+  echo "$line"
+done
+# A server that stopped answering shows as lost queries: say whether it is still running.
+for p in "${pids[@]}"; do
+  kill -0 "$p" 2>/dev/null || echo "server pid $p has exited" >&2
+done
+tail -n 3 "$work"/portico-*.log >&2
+# shellcheck disable=SC2086
+nsd_median=$(median ${qps[nsd]})
+for srv in "${servers[@]}"; do
+  name=${srv% *}
+  # shellcheck disable=SC2086
+  m=$(median ${qps[$name]})
+  awk -v s="$name" -v p="$m" -v n="$nsd_median" \
+    'BEGIN { printf "median  %-16s %8.0f q/s   / nsd %.2f\n", s, p, p / n }'
+done

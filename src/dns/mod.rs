@@ -3,14 +3,30 @@
 //! one name per gateway so an operator can reach a single node by its SAN name. UDP and TCP,
 //! EDNS(0), case-insensitive names; AXFR over TCP to `allow_transfer` only.
 //!
-//! # Why not hickory-server's Catalog
+//! # Why not hickory-server (measured)
 //!
-//! hickory-server answers from an `Authority` (now `ZoneHandler`) holding `Record` values:
-//! each query goes through an async trait object, builds `Name`s, `Record`s and a
-//! `MessageResponse`, and serialises it, and following health would mean upserting a new
-//! authority into the `Catalog` on every snapshot. That is several allocations and a full
-//! encode per query, for a zone of a dozen records, and the target here is at least half of
-//! NSD's rate (≈330k q/s on this machine). So this module is a small responder of its own:
+//! A hickory-server engine was built and measured beside this one (commit 547e888, "dns: a
+//! hickory-server engine"; `git show 547e888:src/dns/hickory.rs`): hickory's `Server` owning
+//! the sockets, parsing each request and encoding each response, with a `RequestHandler`
+//! answering from this module's [`zone`] (the same health-aware zone, so the same answers;
+//! five of the six tests in tests/dns.rs passed on it unchanged). With `benches/dnsperf.sh`
+//! on the shared 2-core machine it answered at 0.66-0.86x NSD's rate, this responder at
+//! 0.87-0.95x in the same runs (docs/benchmarks.md): fast enough, so speed is not why it was
+//! dropped. It was dropped because:
+//!
+//! - hickory's loop decides about bad input before any handler sees it: a datagram shorter
+//!   than a header is dropped, one it cannot parse gets hickory's own FORMERR, and one larger
+//!   than its 4 KiB buffer is read cut short and answered. None of that can be counted in
+//!   `portico_dns_malformed_total` by reason, which the issue and tests/dns.rs
+//!   (`malformed_queries_are_counted_and_survived`) require, and the oversized one is answered
+//!   where it should be dropped;
+//! - it logs every request at `info` (the daemon's default level): in the first measurement
+//!   that cut its rate to 0.53-0.65x NSD and would flood the journal;
+//! - it saves no code: the zone's answers (negative answers with the SOA, ANY, AXFR policy,
+//!   truncation) would still be decided here, either in this wire form or rewritten as
+//!   hickory `Record`s, and only the two socket loops of [`server`] would go.
+//!
+//! So this module is a small responder of its own:
 //!
 //! - [`wire`] (pure) recognises the whole query before answering (header, one question with
 //!   plain labels, OPT), with a typed reason for everything it refuses;
