@@ -254,6 +254,9 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         &metrics.registry,
     )?;
     let node = Arc::new(Node::new(plane, controller.clone()));
+    if let Some(f) = &dsr {
+        let _ = node.dsr_active.set(f.active_flag());
+    }
     node.start_health().context("health checks")?;
     let dns_addrs = match (dns, dns_spec) {
         (Some(bound), Some(spec)) => {

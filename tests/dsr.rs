@@ -232,7 +232,15 @@ impl Topology {
         });
     }
 
-    fn config(&self, node: &str, forwarding: &str, metrics: Ipv4Addr) -> std::path::PathBuf {
+    /// `standby`: the VIP is VRRP-managed, so the dsr forwarder starts inactive and waits for
+    /// `set_active(true)` (here: the admin `dsr` command, standing in for VRRP).
+    fn config(
+        &self,
+        node: &str,
+        forwarding: &str,
+        metrics: Ipv4Addr,
+        standby: bool,
+    ) -> std::path::PathBuf {
         let backends: Vec<String> = GATEWAYS
             .iter()
             .map(|(n, ip)| format!("{{ name = \"{n}\", address = \"{ip}\" }}"))
@@ -277,9 +285,17 @@ listen = "{metrics}:9469"
 
 [admin]
 socket = "{}/{node}.sock"
+{}
 "#,
             backends.join(", "),
-            self.dir.display()
+            self.dir.display(),
+            if standby {
+                format!(
+                    "[vip]\naddresses = [\"{VIP}/32\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 51\n"
+                )
+            } else {
+                String::new()
+            }
         );
         let path = self.dir.join(format!("{node}-{forwarding}.toml"));
         std::fs::write(&path, text).unwrap();
@@ -288,7 +304,17 @@ socket = "{}/{node}.sock"
 
     /// Starts `portico run` in the balancer namespace `role`; returns its index in children.
     fn balancer(&mut self, role: &str, forwarding: &str, ip: Ipv4Addr) -> usize {
-        let config = self.config(role, forwarding, ip);
+        self.balancer_with(role, forwarding, ip, false)
+    }
+
+    fn balancer_with(
+        &mut self,
+        role: &str,
+        forwarding: &str,
+        ip: Ipv4Addr,
+        standby: bool,
+    ) -> usize {
+        let config = self.config(role, forwarding, ip, standby);
         let log = File::create(self.dir.join(format!("{role}.log"))).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(role), BIN, "run", "--config"])
@@ -306,6 +332,26 @@ socket = "{}/{node}.sock"
         let c = &mut self.children[child];
         let _ = c.kill(); // SIGKILL, to the PID we started (ip netns exec execs portico)
         let _ = c.wait();
+    }
+
+    /// Sends the internal admin request `{"cmd":"dsr","active":…}` to a balancer: what VRRP
+    /// does on becoming master or backup.
+    fn set_active(&self, role: &str, active: bool) {
+        use std::os::unix::net::UnixStream;
+        let path = self.dir.join(format!("{role}.sock"));
+        let mut s = UnixStream::connect(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        writeln!(s, "{{\"cmd\":\"dsr\",\"active\":{active}}}").unwrap();
+        let mut line = String::new();
+        let mut b = [0u8; 1];
+        while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+            line.push(char::from(b[0]));
+        }
+        assert_eq!(
+            line,
+            format!("{{\"reply\":\"dsr\",\"active\":{active}}}"),
+            "{role}"
+        );
     }
 
     fn log(&self, role: &str) -> String {
@@ -452,16 +498,28 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
 
 /// Waits for the balancer's metrics to say the forwarder is active.
 fn wait_active(t: &Topology, role: &str, ip: Ipv4Addr) {
+    wait_state(t, role, ip, true);
+}
+
+/// Waits for `portico_dsr_active` to be `active` (the metric exists as soon as the forwarder
+/// runs: 0 while it waits as a backup).
+fn wait_state(t: &Topology, role: &str, ip: Ipv4Addr, active: bool) {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(20) {
-        if metric(&scrape(&t.ns(role), ip), "portico_dsr_active", "") == 1.0 {
+        let m = scrape(&t.ns(role), ip);
+        if m.contains("portico_dsr_active")
+            && metric(&m, "portico_dsr_active", "") == f64::from(u8::from(active))
+        {
             // A moment for the backend MACs to be learnt (ARP round trip).
             std::thread::sleep(Duration::from_millis(300));
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{role} never became active; log:\n{}", t.log(role));
+    panic!(
+        "{role} never reached active={active}; log:\n{}",
+        t.log(role)
+    );
 }
 
 #[test]
@@ -779,4 +837,51 @@ fn a_session_survives_a_balancer_kill_in_dsr_and_breaks_in_proxy_mode() {
 
 fn announce_from(ns: &str, mac: [u8; 6]) {
     in_ns(ns, move || announce("eth0", mac));
+}
+
+/// The hand-over VRRP makes when the master steps down (or the backup preempts): both nodes
+/// running, the old master's forwarder `set_active(false)`, the new one's `set_active(true)`
+/// (which announces the VIP with gratuitous ARP). A session through the VIP keeps going.
+#[test]
+fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
+    let Some(mut t) = Topology::new("g") else {
+        return;
+    };
+    let cl = t.ns("cl");
+    // Both start as VRRP backups: forwarding off, no ARP answered, backend MACs learnt.
+    t.balancer_with("la", "dsr", LB_A, true);
+    t.balancer_with("lb", "dsr", LB_B, true);
+    wait_state(&t, "la", LB_A, false);
+    wait_state(&t, "lb", LB_B, false);
+    let refused = in_ns(&cl, || connect_from(client_addr(5)).is_err());
+    assert!(refused, "no node forwards yet, so the VIP does not answer");
+    t.set_active("la", true);
+    wait_active(&t, "la", LB_A);
+    let tls = t.client_tls.clone();
+    let session = in_ns(&cl, move || {
+        let mut s = tls_from(client_addr(5), &tls).expect("connect");
+        greet(&mut s);
+        std::thread::spawn(move || echo_session(s, Duration::from_secs(5)))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let before = scrape(&t.ns("lb"), LB_B);
+    // The old master stops first, then the new one starts and announces: what VRRP does.
+    t.set_active("la", false);
+    t.set_active("lb", true);
+    let (echoes, gap, error) = session.join().unwrap();
+    eprintln!("graceful: {echoes} echoes, longest gap {gap:?}, error {error:?}");
+    assert_eq!(error, None, "the session survives the graceful hand-over");
+    // No process starts here: the gap is the announcement's round trip, plus at most one
+    // TCP retransmission (RTO ≥ 200 ms) for an echo A dropped after stepping down.
+    assert!(gap < Duration::from_millis(1500), "gap {gap:?}");
+    let after = scrape(&t.ns("lb"), LB_B);
+    let d = |name: &str| metric(&after, name, "") - metric(&before, name, "");
+    assert!(
+        d("portico_dsr_packets_total") >= 10.0,
+        "B carried the rest of the session"
+    );
+    assert!(
+        d("portico_dsr_arp_replies_total") >= 1.0,
+        "B announced the VIP"
+    );
 }

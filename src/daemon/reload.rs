@@ -30,6 +30,8 @@ pub struct Node {
     /// One reload at a time (SIGHUP and `ctl reload` may race).
     reload_lock: tokio::sync::Mutex<()>,
     pub started: Instant,
+    /// The dsr forwarder's active flag, once started (the admin `dsr` command flips it).
+    pub dsr_active: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What a successful reload changed.
@@ -82,6 +84,7 @@ impl Node {
             health_stop: Mutex::new(CancellationToken::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
+            dsr_active: std::sync::OnceLock::new(),
         }
     }
 

@@ -30,3 +30,54 @@ pub mod flow;
 pub mod forwarder;
 pub mod metrics;
 pub mod packet;
+
+use std::net::IpAddr;
+
+use crate::config::{Config, Forwarding};
+
+/// Whether `ip` is the VIP of a `forwarding = "dsr"` service: such a VIP must never be added
+/// to an interface of this node (see above), so the VIP module skips it while it adds or
+/// removes the others, and VRRP only flips the forwarder's active flag for it
+/// ([`forwarder::Forwarder::set_active`]). The VIP module's check is one line:
+///
+/// ```ignore
+/// if crate::dsr::is_dsr_vip(&config, prefix.addr) { continue; } // the forwarder answers ARP
+/// ```
+pub fn is_dsr_vip(config: &Config, ip: IpAddr) -> bool {
+    config
+        .services
+        .iter()
+        .any(|s| s.forwarding == Forwarding::Dsr && s.listen.ip() == ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_dsr_services_vips_are_dsr_vips() {
+        let text = r#"
+[node]
+name = "a"
+interface = "eth0"
+
+[[service]]
+name = "tls"
+listen = "10.200.0.100:443"
+pool = "gw"
+forwarding = "dsr"
+
+[[service]]
+name = "web"
+listen = "10.200.0.101:443"
+pool = "gw"
+
+[pool.gw]
+backends = [ { name = "gw1", address = "10.200.0.11" } ]
+"#;
+        let config = crate::config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        assert!(is_dsr_vip(&config, "10.200.0.100".parse().unwrap()));
+        assert!(!is_dsr_vip(&config, "10.200.0.101".parse().unwrap()));
+        assert!(!is_dsr_vip(&config, "10.200.0.11".parse().unwrap()));
+    }
+}
