@@ -290,8 +290,10 @@ socket = "{}/{node}.sock"
             backends.join(", "),
             self.dir.display(),
             if standby {
+                // A outranks B, so where VRRP runs A is master first.
+                let priority = if node == "la" { 200 } else { 100 };
                 format!(
-                    "[vip]\naddresses = [\"{VIP}/32\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 51\n"
+                    "[vip]\naddresses = [\"{VIP}/32\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 51\npriority = {priority}\nadvert_interval_ms = 100\n"
                 )
             } else {
                 String::new()
@@ -334,24 +336,44 @@ socket = "{}/{node}.sock"
         let _ = c.wait();
     }
 
-    /// Sends the internal admin request `{"cmd":"dsr","active":…}` to a balancer: what VRRP
-    /// does on becoming master or backup.
-    fn set_active(&self, role: &str, active: bool) {
+    /// One admin request to a balancer; the reply line.
+    fn admin(&self, role: &str, request: &str) -> String {
         use std::os::unix::net::UnixStream;
         let path = self.dir.join(format!("{role}.sock"));
-        let mut s = UnixStream::connect(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        writeln!(s, "{{\"cmd\":\"dsr\",\"active\":{active}}}").unwrap();
+        let t0 = Instant::now();
+        let mut s = loop {
+            match UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() > Duration::from_secs(20) => panic!("{path:?}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        writeln!(s, "{request}").unwrap();
         let mut line = String::new();
         let mut b = [0u8; 1];
         while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
             line.push(char::from(b[0]));
         }
+        line
+    }
+
+    /// Sends the internal admin request `{"cmd":"dsr","active":…}` to a balancer: what VRRP
+    /// does on becoming master or backup.
+    fn set_active(&self, role: &str, active: bool) {
+        let line = self.admin(role, &format!("{{\"cmd\":\"dsr\",\"active\":{active}}}"));
         assert_eq!(
             line,
             format!("{{\"reply\":\"dsr\",\"active\":{active}}}"),
             "{role}"
         );
+    }
+
+    /// Whether the balancer runs VRRP for its `[vip]` (its status names a VRRP state).
+    fn runs_vrrp(&self, role: &str) -> bool {
+        let status = self.admin(role, r#"{"cmd":"status"}"#);
+        assert!(status.contains("\"reply\":\"status\""), "{status}");
+        !status.contains("\"vrrp\":null")
     }
 
     fn log(&self, role: &str) -> String {
@@ -839,24 +861,34 @@ fn announce_from(ns: &str, mac: [u8; 6]) {
     in_ns(ns, move || announce("eth0", mac));
 }
 
-/// The hand-over VRRP makes when the master steps down (or the backup preempts): both nodes
+/// The hand-over VRRP makes when the master steps down (`ctl vrrp demote`): both nodes
 /// running, the old master's forwarder `set_active(false)`, the new one's `set_active(true)`
 /// (which announces the VIP with gratuitous ARP). A session through the VIP keeps going.
+/// Driven by VRRP itself where the binary runs it, else by the admin `dsr` request.
 #[test]
 fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
     let Some(mut t) = Topology::new("g") else {
         return;
     };
     let cl = t.ns("cl");
-    // Both start as VRRP backups: forwarding off, no ARP answered, backend MACs learnt.
+    // Both nodes run with the VIP VRRP-managed, so their forwarders start inactive.
     t.balancer_with("la", "dsr", LB_A, true);
     t.balancer_with("lb", "dsr", LB_B, true);
-    wait_state(&t, "la", LB_A, false);
-    wait_state(&t, "lb", LB_B, false);
-    let refused = in_ns(&cl, || connect_from(client_addr(5)).is_err());
-    assert!(refused, "no node forwards yet, so the VIP does not answer");
-    t.set_active("la", true);
-    wait_active(&t, "la", LB_A);
+    let vrrp = t.runs_vrrp("la");
+    if vrrp {
+        // VRRP elects A (priority 200) and drives the forwarders itself.
+        wait_active(&t, "la", LB_A);
+        wait_state(&t, "lb", LB_B, false);
+    } else {
+        // No VRRP in this build: the admin `dsr` request stands in for it. Both wait as
+        // backups (no ARP answered, backend MACs learnt), then A becomes master.
+        wait_state(&t, "la", LB_A, false);
+        wait_state(&t, "lb", LB_B, false);
+        let refused = in_ns(&cl, || connect_from(client_addr(5)).is_err());
+        assert!(refused, "no node forwards yet, so the VIP does not answer");
+        t.set_active("la", true);
+        wait_active(&t, "la", LB_A);
+    }
     let tls = t.client_tls.clone();
     let session = in_ns(&cl, move || {
         let mut s = tls_from(client_addr(5), &tls).expect("connect");
@@ -865,11 +897,17 @@ fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
     });
     std::thread::sleep(Duration::from_secs(2));
     let before = scrape(&t.ns("lb"), LB_B);
-    // The old master stops first, then the new one starts and announces: what VRRP does.
-    t.set_active("la", false);
-    t.set_active("lb", true);
+    if vrrp {
+        // `ctl vrrp demote` on the master: priority-0 advert, B takes over at once.
+        let reply = t.admin("la", r#"{"cmd":"vrrp","action":"demote"}"#);
+        assert!(reply.contains("\"reply\":\"vrrp\""), "{reply}");
+    } else {
+        // The old master stops first, then the new one starts and announces: what VRRP does.
+        t.set_active("la", false);
+        t.set_active("lb", true);
+    }
     let (echoes, gap, error) = session.join().unwrap();
-    eprintln!("graceful: {echoes} echoes, longest gap {gap:?}, error {error:?}");
+    eprintln!("graceful (vrrp: {vrrp}): {echoes} echoes, longest gap {gap:?}, error {error:?}");
     assert_eq!(error, None, "the session survives the graceful hand-over");
     // No process starts here: the gap is the announcement's round trip, plus at most one
     // TCP retransmission (RTO ≥ 200 ms) for an echo A dropped after stepping down.
