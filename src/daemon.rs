@@ -269,6 +269,9 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         &metrics.registry,
     )?;
     let node = Arc::new(Node::new(plane, controller.clone()));
+    if let Some(f) = &dsr {
+        let _ = node.dsr_active.set(f.active_flag());
+    }
     let first_round = node.start_health().context("health checks")?;
     // After the listeners are bound (IP_FREEBIND lets them bind the VIP before we hold it).
     let vip_stop = CancellationToken::new();

@@ -9,6 +9,8 @@
 //! → {"cmd":"enable","backend":"web01"}
 //! → {"cmd":"reload"}
 //! → {"cmd":"vrrp","action":"demote"}            (or "resume")
+//! → {"cmd":"dsr","active":false}                (internal: dsr forwarding off / on)
+//! ← {"reply":"dsr","active":false}
 //! ← {"reply":"error","error":"no backend named \"web09\"","known":["web01","web02"]}
 //! ```
 //!
@@ -43,6 +45,11 @@ pub enum Request {
     Vrrp {
         action: VrrpAction,
     },
+    /// Internal (tests, and VRRP's hand-over without VRRP): start or stop dsr forwarding on
+    /// this node, as `Forwarder::set_active` does. No `ctl` subcommand on purpose.
+    Dsr {
+        active: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +69,14 @@ pub enum Reply {
     Admin(AdminResult),
     Reload(ReloadResult),
     Vrrp(VrrpStatus),
+    Dsr(DsrStatus),
     Error(ErrorReply),
+}
+
+/// The dsr forwarder's state after a `dsr` request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DsrStatus {
+    pub active: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

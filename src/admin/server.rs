@@ -215,6 +215,13 @@ pub async fn dispatch(node: &Node, req: Request) -> Reply {
                 })
             }
         },
+        Request::Dsr { active } => match node.dsr_active.get() {
+            Some(flag) => {
+                flag.store(active, std::sync::atomic::Ordering::Release);
+                Reply::Dsr(super::proto::DsrStatus { active })
+            }
+            None => Reply::error("dsr: this node forwards no dsr service"),
+        },
         Request::Vrrp { action } => match super::vrrp::act(node, action).await {
             Ok(s) => Reply::Vrrp(s),
             Err(e) => Reply::error(e),

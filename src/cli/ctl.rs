@@ -100,6 +100,14 @@ pub fn render_reply(reply: &Reply) -> Outcome {
             v.state,
             v.vip_owner.as_deref().unwrap_or("unknown")
         )),
+        Reply::Dsr(d) => Outcome::ok(format!(
+            "dsr: {}\n",
+            if d.active {
+                "forwarding"
+            } else {
+                "not forwarding"
+            }
+        )),
         Reply::Error(e) => {
             let mut s = format!("portico ctl: {}\n", e.error);
             if !e.known.is_empty() {

@@ -33,6 +33,8 @@ pub struct Node {
     /// The VRRP instances, set once at start (empty without `mode = "vrrp"`); the admin side
     /// reads and demotes them through `crate::admin::vrrp` only.
     pub(crate) vrrp: std::sync::OnceLock<Vec<crate::vrrp::Handle>>,
+    /// The dsr forwarder's active flag, once started (the admin `dsr` command flips it).
+    pub dsr_active: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What a successful reload changed.
@@ -86,6 +88,7 @@ impl Node {
             reload_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             vrrp: std::sync::OnceLock::new(),
+            dsr_active: std::sync::OnceLock::new(),
         }
     }
 

@@ -1,8 +1,10 @@
 //! The forwarder's I/O: one AF_PACKET socket on `node.interface`, read and written by one
 //! dedicated thread (not a tokio runtime: the loop never waits on anything but the socket).
 //!
-//! Frames are read and sent in batches (`recvmmsg` / `sendmmsg`, [`BATCH`] at a time), and a
-//! classic BPF filter attached before the socket is bound passes only ARP, VLAN-tagged frames
+//! Frames are read from a TPACKET_V3 receive ring shared with the kernel (no copy into user
+//! space, no syscall per batch while frames keep coming), rewritten where they lie and sent
+//! with `sendmmsg` ([`BATCH`] at a time) straight out of the ring; `recvmmsg` into our own
+//! buffers is the fallback when the kernel refuses the ring. A classic BPF filter attached before the socket is bound passes only ARP, VLAN-tagged frames
 //! and IPv4 packets to a VIP, so the rest of the segment's traffic never reaches user space.
 //! `PACKET_IGNORE_OUTGOING` keeps our own sent frames (and the host's) out of the socket.
 //!
@@ -39,7 +41,7 @@ use super::packet::{DropReason, Mac, Target};
 use crate::config::{Config, Forwarding, VipMode};
 use crate::snapshot::Snapshot;
 
-/// Frames per `recvmmsg` / `sendmmsg`.
+/// Frames per batch (`sendmmsg`, and `recvmmsg` on the fallback path).
 pub const BATCH: usize = 64;
 /// Room per frame: the virtio-net header, then up to 64 KiB (a GRO-merged frame, which the
 /// kernel segments again on send). A longer frame arrives cut (`MSG_TRUNC`) and is dropped as
@@ -360,18 +362,210 @@ fn run(
     metrics.active.set(0);
 }
 
+/// How the forwarder reads frames: a TPACKET_V3 ring (default) or `recvmmsg` into its own
+/// buffers (the fallback when the kernel refuses the ring; `PORTICO_DSR_IO=mmsg` forces it,
+/// for benches/dsr_pps.sh's side-by-side comparison).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxMode {
+    Ring,
+    Mmsg,
+}
+
+impl RxMode {
+    fn from_env() -> RxMode {
+        match std::env::var("PORTICO_DSR_IO").as_deref() {
+            Ok("mmsg") => RxMode::Mmsg,
+            _ => RxMode::Ring,
+        }
+    }
+}
+
+/// One frame of the current batch: where its virtio-net header starts (the frame follows it)
+/// and the length of both; `truncated` when the kernel cut it short.
+#[derive(Clone, Copy)]
+struct FrameRef {
+    ptr: *mut u8,
+    len: usize,
+    truncated: bool,
+}
+
+const NO_FRAME: FrameRef = FrameRef {
+    ptr: std::ptr::null_mut(),
+    len: 0,
+    truncated: true,
+};
+
+/// `recvmmsg` into our own buffers: a copy per frame, a syscall per batch.
+struct CopyRx {
+    bufs: Vec<Box<[u8]>>,
+    /// Never read again: `rx_msgs` points into it.
+    _rx_iov: Vec<libc::iovec>,
+    rx_msgs: Vec<libc::mmsghdr>,
+}
+
+/// The TPACKET_V3 receive ring: the kernel writes frames into blocks of memory shared with
+/// us, and hands a block over whole (full, or after [`RING_BLOCK_TIMEOUT_MS`]). Frames are
+/// rewritten and sent from where they lie; the block goes back to the kernel once every frame
+/// of it has been sent.
+struct Ring {
+    map: *mut u8,
+    map_len: usize,
+    block_size: usize,
+    blocks: usize,
+    /// The block being read, if one is held.
+    block: usize,
+    held: bool,
+    /// Frames of the held block not yet read, and the offset of the next one.
+    left: u32,
+    next: usize,
+}
+
+/// 32 blocks of 256 KiB (8 MiB, the size of the old socket buffer): a block holds a 64 KiB
+/// GRO-merged frame whole, or ~3,000 minimum frames.
+const RING_BLOCK_SIZE: usize = 256 << 10;
+const RING_BLOCKS: usize = 32;
+/// A block is handed over when full or after this long: the latency a lone frame can see.
+const RING_BLOCK_TIMEOUT_MS: u32 = 1;
+const TPACKET_V3: libc::c_int = 2;
+const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_KERNEL: u32 = 0;
+/// Offsets in `struct tpacket_block_desc` / `struct tpacket3_hdr` (linux/if_packet.h).
+const BLOCK_STATUS_AT: usize = 8;
+const BLOCK_NUM_PKTS_AT: usize = 12;
+const BLOCK_FIRST_AT: usize = 16;
+const FRAME_NEXT_AT: usize = 0;
+const FRAME_SNAPLEN_AT: usize = 12;
+const FRAME_LEN_AT: usize = 16;
+const FRAME_MAC_AT: usize = 24;
+
+impl Ring {
+    fn u32_at(&self, off: usize) -> Option<u32> {
+        if off % 4 != 0 || off.checked_add(4)? > self.map_len {
+            return None;
+        }
+        // SAFETY: inside the mapping, aligned; volatile because the kernel writes it.
+        Some(unsafe { std::ptr::read_volatile(self.map.add(off).cast::<u32>()) })
+    }
+
+    fn u16_at(&self, off: usize) -> Option<u16> {
+        if off % 2 != 0 || off.checked_add(2)? > self.map_len {
+            return None;
+        }
+        // SAFETY: inside the mapping, aligned.
+        Some(unsafe { std::ptr::read_volatile(self.map.add(off).cast::<u16>()) })
+    }
+
+    fn block_base(&self) -> usize {
+        self.block * self.block_size
+    }
+
+    /// Whether the current block is ours to read.
+    fn ready(&self) -> bool {
+        let st = self
+            .u32_at(self.block_base() + BLOCK_STATUS_AT)
+            .unwrap_or(0);
+        std::sync::atomic::fence(Ordering::Acquire);
+        st & TP_STATUS_USER != 0
+    }
+
+    /// Hands the held block back to the kernel and moves on to the next one.
+    fn release(&mut self) {
+        if !self.held {
+            return;
+        }
+        std::sync::atomic::fence(Ordering::Release);
+        let off = self.block_base() + BLOCK_STATUS_AT;
+        if off + 4 <= self.map_len {
+            // SAFETY: inside the mapping, aligned (the block base is page-aligned).
+            unsafe { std::ptr::write_volatile(self.map.add(off).cast::<u32>(), TP_STATUS_KERNEL) };
+        }
+        self.held = false;
+        self.block = (self.block + 1) % self.blocks;
+    }
+
+    /// Takes the current block if the kernel has handed it over.
+    fn take(&mut self) -> bool {
+        if self.held {
+            return true;
+        }
+        if !self.ready() {
+            return false;
+        }
+        let base = self.block_base();
+        self.left = self.u32_at(base + BLOCK_NUM_PKTS_AT).unwrap_or(0);
+        self.next = base + self.u32_at(base + BLOCK_FIRST_AT).unwrap_or(0) as usize;
+        self.held = true;
+        true
+    }
+
+    /// Up to `out.len()` frames of the held block; every offset the kernel wrote is checked
+    /// against the block's bounds, and a frame that falls outside ends the block.
+    fn read(&mut self, out: &mut [FrameRef]) -> usize {
+        let end = self.block_base() + self.block_size;
+        let mut n = 0;
+        while self.left > 0 && n < out.len() {
+            let at = self.next;
+            let (Some(next), Some(snap), Some(len), Some(mac)) = (
+                self.u32_at(at + FRAME_NEXT_AT),
+                self.u32_at(at + FRAME_SNAPLEN_AT),
+                self.u32_at(at + FRAME_LEN_AT),
+                self.u16_at(at + FRAME_MAC_AT),
+            ) else {
+                self.left = 0;
+                break;
+            };
+            let mac_at = at + usize::from(mac);
+            let start = mac_at.wrapping_sub(VNET_HDR);
+            let stop = mac_at + snap as usize;
+            if usize::from(mac) < VNET_HDR + 32 || stop > end {
+                self.left = 0;
+                break;
+            }
+            if let Some(slot) = out.get_mut(n) {
+                *slot = FrameRef {
+                    // SAFETY: `start..stop` lies inside this block of the mapping.
+                    ptr: unsafe { self.map.add(start) },
+                    len: stop - start,
+                    truncated: snap < len,
+                };
+                n += 1;
+            }
+            self.left -= 1;
+            self.next = at + next as usize;
+            if next == 0 {
+                self.left = 0;
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `Ring::map`, unmapped once.
+        unsafe { libc::munmap(self.map.cast(), self.map_len) };
+    }
+}
+
+enum Rx {
+    Copy(CopyRx),
+    Ring(Ring),
+}
+
 /// An AF_PACKET socket bound to one interface, with its receive and send batches.
 struct PacketSocket {
     fd: OwnedFd,
-    bufs: Vec<Box<[u8]>>,
-    rx_iov: Vec<libc::iovec>,
-    rx_msgs: Vec<libc::mmsghdr>,
+    rx: Rx,
+    /// The frames of the last batch.
+    frames: [FrameRef; BATCH],
+    count: usize,
     tx_iov: Vec<libc::iovec>,
     tx_msgs: Vec<libc::mmsghdr>,
 }
 
-// SAFETY: the raw pointers in the iovec/mmsghdr arrays point into `bufs` and the arrays
-// themselves, which move with the struct as one owner; only the owning thread uses them.
+// SAFETY: the raw pointers (iovec/mmsghdr arrays, frame references, the ring mapping) point
+// into buffers and a mapping this struct owns, which move with it as one owner; only the
+// owning thread uses them.
 unsafe impl Send for PacketSocket {}
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -424,8 +618,62 @@ pub fn bpf_program(vips: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
     p
 }
 
+/// Sets up the TPACKET_V3 receive ring on `fd` (before bind) and maps it.
+fn map_ring(fd: &OwnedFd) -> io::Result<Ring> {
+    setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V3)?;
+    let frame_size = 2048usize;
+    let req = libc::tpacket_req3 {
+        tp_block_size: RING_BLOCK_SIZE as libc::c_uint,
+        tp_block_nr: RING_BLOCKS as libc::c_uint,
+        tp_frame_size: frame_size as libc::c_uint,
+        tp_frame_nr: (RING_BLOCK_SIZE / frame_size * RING_BLOCKS) as libc::c_uint,
+        tp_retire_blk_tov: RING_BLOCK_TIMEOUT_MS,
+        tp_sizeof_priv: 0,
+        tp_feature_req_word: 0,
+    };
+    setsockopt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
+    let map_len = RING_BLOCK_SIZE * RING_BLOCKS;
+    // SAFETY: maps the ring the kernel just allocated for this socket.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Ring {
+        map: map.cast(),
+        map_len,
+        block_size: RING_BLOCK_SIZE,
+        blocks: RING_BLOCKS,
+        block: 0,
+        held: false,
+        left: 0,
+        next: 0,
+    })
+}
+
 impl PacketSocket {
     fn open(iface: &str, vips: &[Ipv4Addr]) -> io::Result<PacketSocket> {
+        match RxMode::from_env() {
+            RxMode::Ring => match Self::open_mode(iface, vips, RxMode::Ring) {
+                Ok(s) => Ok(s),
+                Err(e) => {
+                    warn!(interface = %iface, error = %e, "dsr: no TPACKET_V3 ring: reading with recvmmsg instead");
+                    Self::open_mode(iface, vips, RxMode::Mmsg)
+                }
+            },
+            RxMode::Mmsg => Self::open_mode(iface, vips, RxMode::Mmsg),
+        }
+    }
+
+    fn open_mode(iface: &str, vips: &[Ipv4Addr], mode: RxMode) -> io::Result<PacketSocket> {
         let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
         // SAFETY: a plain C string.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -456,20 +704,10 @@ impl PacketSocket {
         let _ = setsockopt(
             &fd,
             libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &(8 << 20) as &libc::c_int,
-        );
-        let _ = setsockopt(
-            &fd,
-            libc::SOL_SOCKET,
             libc::SO_SNDBUF,
             &(4 << 20) as &libc::c_int,
         );
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: libc::suseconds_t::try_from(POLL.as_micros()).unwrap_or(50_000),
-        };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+        // Before the ring: the kernel refuses to change it once a ring exists.
         setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &1 as &libc::c_int)?;
         // Frames we send are already final: skip the qdisc layer (the NIC's own queue
         // still applies).
@@ -479,6 +717,45 @@ impl PacketSocket {
             PACKET_QDISC_BYPASS,
             &1 as &libc::c_int,
         );
+        let rx = match mode {
+            RxMode::Ring => Rx::Ring(map_ring(&fd)?),
+            RxMode::Mmsg => {
+                let _ = setsockopt(
+                    &fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    &(8 << 20) as &libc::c_int,
+                );
+                let tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: libc::suseconds_t::try_from(POLL.as_micros()).unwrap_or(50_000),
+                };
+                setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+                let mut bufs: Vec<Box<[u8]>> = (0..BATCH)
+                    .map(|_| vec![0u8; FRAME_ROOM].into_boxed_slice())
+                    .collect();
+                let mut rx_iov: Vec<libc::iovec> = bufs
+                    .iter_mut()
+                    .map(|b| libc::iovec {
+                        iov_base: b.as_mut_ptr().cast(),
+                        iov_len: b.len(),
+                    })
+                    .collect();
+                // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+                let zero: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                let mut rx_msgs = vec![zero; BATCH];
+                // The boxes and vectors never grow again, so these pointers stay valid.
+                for (m, iov) in rx_msgs.iter_mut().zip(rx_iov.iter_mut()) {
+                    m.msg_hdr.msg_iov = iov;
+                    m.msg_hdr.msg_iovlen = 1;
+                }
+                Rx::Copy(CopyRx {
+                    bufs,
+                    _rx_iov: rx_iov,
+                    rx_msgs,
+                })
+            }
+        };
         // SAFETY: all-zero is a valid sockaddr_ll.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -492,70 +769,97 @@ impl PacketSocket {
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         })?;
-        let mut bufs: Vec<Box<[u8]>> = (0..BATCH)
-            .map(|_| vec![0u8; FRAME_ROOM].into_boxed_slice())
-            .collect();
-        let rx_iov: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let tx_iov = rx_iov.clone();
-        // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
-        let zero: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        // SAFETY: all-zero is a valid mmsghdr / iovec (null pointers, zero lengths).
+        let (zero_msg, zero_iov): (libc::mmsghdr, libc::iovec) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
         let mut s = PacketSocket {
             fd,
-            bufs,
-            rx_iov,
-            rx_msgs: vec![zero; BATCH],
-            tx_iov,
-            tx_msgs: vec![zero; BATCH],
+            rx,
+            frames: [NO_FRAME; BATCH],
+            count: 0,
+            tx_iov: vec![zero_iov; BATCH],
+            tx_msgs: vec![zero_msg; BATCH],
         };
-        // The boxes and vectors never grow again, so these pointers stay valid.
-        for i in 0..BATCH {
-            s.rx_msgs[i].msg_hdr.msg_iov = &mut s.rx_iov[i];
-            s.rx_msgs[i].msg_hdr.msg_iovlen = 1;
-            s.tx_msgs[i].msg_hdr.msg_iov = &mut s.tx_iov[i];
-            s.tx_msgs[i].msg_hdr.msg_iovlen = 1;
+        for (m, iov) in s.tx_msgs.iter_mut().zip(s.tx_iov.iter_mut()) {
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
         }
+        info!(interface = %iface, mode = ?mode, "dsr: packet socket open");
         Ok(s)
     }
 
-    /// Reads up to [`BATCH`] frames, waiting at most [`POLL`] for the first.
+    /// Reads up to [`BATCH`] frames, waiting at most [`POLL`] for the first. With the ring,
+    /// this also hands the previous batch's block back once all its frames were read (the
+    /// previous batch has been sent by then).
     fn recv_batch(&mut self) -> io::Result<usize> {
-        for m in &mut self.rx_msgs {
-            m.msg_len = 0;
-            m.msg_hdr.msg_flags = 0;
-        }
-        // SAFETY: the arrays are valid for BATCH entries and their iovecs point into `bufs`.
-        let n = cvt(unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                self.rx_msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        })?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        self.count = 0;
+        let n = match &mut self.rx {
+            Rx::Copy(c) => {
+                for m in &mut c.rx_msgs {
+                    m.msg_len = 0;
+                    m.msg_hdr.msg_flags = 0;
+                }
+                // SAFETY: the arrays are valid for BATCH entries and their iovecs point into
+                // `bufs`.
+                let n = cvt(unsafe {
+                    libc::recvmmsg(
+                        self.fd.as_raw_fd(),
+                        c.rx_msgs.as_mut_ptr(),
+                        BATCH as libc::c_uint,
+                        libc::MSG_WAITFORONE,
+                        std::ptr::null_mut(),
+                    )
+                })?;
+                let n = usize::try_from(n).unwrap_or(0).min(BATCH);
+                for i in 0..n {
+                    let (Some(m), Some(b), Some(slot)) =
+                        (c.rx_msgs.get(i), c.bufs.get_mut(i), self.frames.get_mut(i))
+                    else {
+                        continue;
+                    };
+                    *slot = FrameRef {
+                        ptr: b.as_mut_ptr(),
+                        len: (m.msg_len as usize).min(b.len()),
+                        truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                    };
+                }
+                n
+            }
+            Rx::Ring(r) => {
+                if r.held && r.left == 0 {
+                    r.release();
+                }
+                if !r.take() {
+                    let mut pfd = libc::pollfd {
+                        fd: self.fd.as_raw_fd(),
+                        events: libc::POLLIN | libc::POLLERR,
+                        revents: 0,
+                    };
+                    let ms = libc::c_int::try_from(POLL.as_millis()).unwrap_or(50);
+                    // SAFETY: one live pollfd.
+                    cvt(unsafe { libc::poll(&mut pfd, 1, ms) })?;
+                    if !r.take() {
+                        return Ok(0);
+                    }
+                }
+                r.read(&mut self.frames)
+            }
+        };
+        self.count = n;
+        Ok(n)
     }
 
     /// The `i`th frame of the last batch (after its virtio-net header) and whether it was cut
     /// short.
     fn frame_mut(&mut self, i: usize) -> (&mut [u8], bool) {
-        let (len, trunc) = self.rx_msgs.get(i).map_or((0, false), |m| {
-            (
-                m.msg_len as usize,
-                m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-            )
-        });
-        match self.bufs.get_mut(i) {
+        match self.frames.get(i) {
             // The frame follows its virtio-net header; the header stays for the send.
-            Some(b) if len >= VNET_HDR => {
-                let len = len.min(b.len());
-                (&mut b[VNET_HDR..len], trunc)
+            Some(f) if i < self.count && f.len >= VNET_HDR && !f.ptr.is_null() => {
+                // SAFETY: `ptr..ptr+len` lies in a receive buffer or in a ring block we hold
+                // until the next `recv_batch`; the returned borrow of `self` keeps both alive
+                // and unshared.
+                let all = unsafe { std::slice::from_raw_parts_mut(f.ptr, f.len) };
+                (all.get_mut(VNET_HDR..).unwrap_or(&mut []), f.truncated)
             }
             _ => (&mut [], true),
         }
@@ -564,13 +868,15 @@ impl PacketSocket {
     /// Sends the frames at `indexes` of the last batch (as rewritten); returns how many went.
     fn send_batch(&mut self, indexes: &[usize]) -> usize {
         let mut count = 0;
-        for (slot, &i) in indexes.iter().enumerate() {
-            let len = self.rx_msgs.get(i).map_or(0, |m| m.msg_len as usize);
-            let (Some(iov), Some(buf)) = (self.tx_iov.get_mut(slot), self.bufs.get_mut(i)) else {
+        for &i in indexes {
+            let (Some(f), Some(iov)) = (self.frames.get(i), self.tx_iov.get_mut(count)) else {
                 continue;
             };
-            iov.iov_base = buf.as_mut_ptr().cast();
-            iov.iov_len = len.min(buf.len());
+            if i >= self.count || f.ptr.is_null() {
+                continue;
+            }
+            iov.iov_base = f.ptr.cast();
+            iov.iov_len = f.len;
             count += 1;
         }
         let mut sent = 0;
@@ -692,6 +998,115 @@ mod tests {
             assert_eq!(p[p.len() - 2].k, 0);
             assert!(p[p.len() - 1].k > 0);
         }
+    }
+
+    /// A ring over anonymous memory, filled by the test the way the kernel fills it.
+    fn test_ring(blocks: usize) -> Ring {
+        let block_size = 4096;
+        let map_len = block_size * blocks;
+        // SAFETY: an anonymous private mapping, unmapped by Ring's Drop.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        Ring {
+            map: map.cast(),
+            map_len,
+            block_size,
+            blocks,
+            block: 0,
+            held: false,
+            left: 0,
+            next: 0,
+        }
+    }
+
+    fn put32(r: &Ring, off: usize, v: u32) {
+        assert!(off + 4 <= r.map_len);
+        // SAFETY: inside the mapping.
+        unsafe { std::ptr::write_unaligned(r.map.add(off).cast::<u32>(), v) };
+    }
+
+    /// Writes a frame header at `at`: next offset, snaplen, len, mac offset; and the frame's
+    /// first byte.
+    fn put_frame(r: &Ring, at: usize, next: u32, snap: u32, len: u32, mac: u16, first: u8) {
+        put32(r, at + FRAME_NEXT_AT, next);
+        put32(r, at + FRAME_SNAPLEN_AT, snap);
+        put32(r, at + FRAME_LEN_AT, len);
+        // SAFETY: inside the mapping.
+        unsafe {
+            std::ptr::write_unaligned(r.map.add(at + FRAME_MAC_AT).cast::<u16>(), mac);
+            *r.map.add(at + usize::from(mac)) = first;
+        }
+    }
+
+    #[test]
+    fn ring_reads_a_handed_over_block_and_gives_it_back() {
+        let mut r = test_ring(2);
+        assert!(!r.take(), "a kernel-owned block is not read");
+        // Block 0: three frames, the second cut short by the kernel.
+        put32(&r, BLOCK_NUM_PKTS_AT, 3);
+        put32(&r, BLOCK_FIRST_AT, 64);
+        put_frame(&r, 64, 256, 60, 60, 80, 1);
+        put_frame(&r, 320, 256, 100, 1514, 80, 2);
+        put_frame(&r, 576, 0, 60, 60, 80, 3);
+        put32(&r, BLOCK_STATUS_AT, TP_STATUS_USER);
+        assert!(r.take());
+        let mut out = [NO_FRAME; 2];
+        assert_eq!(r.read(&mut out), 2, "at most out.len() per read");
+        // SAFETY: the frames point into the live mapping.
+        let first = |f: &FrameRef| unsafe { *f.ptr.add(VNET_HDR) };
+        assert_eq!(
+            (first(&out[0]), out[0].len, out[0].truncated),
+            (1, VNET_HDR + 60, false)
+        );
+        assert_eq!((first(&out[1]), out[1].truncated), (2, true));
+        assert_eq!(r.read(&mut out), 1);
+        assert_eq!(first(&out[0]), 3);
+        assert_eq!(r.read(&mut out), 0);
+        r.release();
+        assert_eq!(r.u32_at(BLOCK_STATUS_AT), Some(TP_STATUS_KERNEL));
+        assert_eq!(r.block, 1, "on to the next block");
+        assert!(!r.take());
+    }
+
+    #[test]
+    fn ring_offsets_outside_the_block_end_it_without_reading_there() {
+        let mut r = test_ring(2);
+        let mut out = [NO_FRAME; 8];
+        // A frame running past the block's end, then a count that lies.
+        put32(&r, BLOCK_NUM_PKTS_AT, 5);
+        put32(&r, BLOCK_FIRST_AT, 64);
+        put_frame(&r, 64, 128, 60, 60, 80, 1);
+        put_frame(&r, 192, 4000, 4000, 4000, 80, 2);
+        put32(&r, BLOCK_STATUS_AT, TP_STATUS_USER);
+        assert!(r.take());
+        assert_eq!(r.read(&mut out), 1, "the frame past the end is not read");
+        assert_eq!(r.read(&mut out), 0);
+        r.release();
+        // Block 1: the first offset points outside the mapping; a mac offset too small to
+        // leave room for the virtio-net header.
+        let b1 = 4096;
+        put32(&r, b1 + BLOCK_NUM_PKTS_AT, 2);
+        put32(&r, b1 + BLOCK_FIRST_AT, 1 << 30);
+        put32(&r, b1 + BLOCK_STATUS_AT, TP_STATUS_USER);
+        assert!(r.take());
+        assert_eq!(r.read(&mut out), 0);
+        r.release();
+        assert_eq!(r.block, 0, "the ring wraps");
+        put32(&r, BLOCK_NUM_PKTS_AT, 1);
+        put32(&r, BLOCK_FIRST_AT, 64);
+        put_frame(&r, 64, 0, 60, 60, 4, 1);
+        put32(&r, BLOCK_STATUS_AT, TP_STATUS_USER);
+        assert!(r.take());
+        assert_eq!(r.read(&mut out), 0);
     }
 
     #[test]
