@@ -773,9 +773,13 @@ fn a_session_survives_a_balancer_kill_in_dsr_and_breaks_in_proxy_mode() {
     };
     let cl = t.ns("cl");
 
-    // dsr: A forwards; a session runs; A is killed and B starts (announcing the VIP).
-    let a = t.balancer("la", "dsr", LB_A);
+    // dsr: A and B run VRRP for the VIP; A (priority 200) is master and forwards; a session
+    // runs; A is killed and B takes over by VRRP (Master_Down_Interval), announcing the VIP.
+    let a = t.balancer_with("la", "dsr", LB_A, true);
+    t.balancer_with("lb", "dsr", LB_B, true);
+    assert!(t.runs_vrrp("la"), "this build runs VRRP");
     wait_active(&t, "la", LB_A);
+    wait_state(&t, "lb", LB_B, false);
     let tls = t.client_tls.clone();
     let session = in_ns(&cl, move || {
         let mut s = tls_from(client_addr(3), &tls).expect("connect");
@@ -785,7 +789,6 @@ fn a_session_survives_a_balancer_kill_in_dsr_and_breaks_in_proxy_mode() {
     std::thread::sleep(Duration::from_secs(2));
     t.kill(a);
     let killed = Instant::now();
-    t.balancer("lb", "dsr", LB_B);
     wait_active(&t, "lb", LB_B);
     let takeover = killed.elapsed();
     eprintln!("dsr: B active {takeover:?} after the kill");
