@@ -159,6 +159,15 @@ impl Lab {
         lab
     }
 
+    /// The namespaces of a three-node lab, in creation order.
+    fn three(&self) -> (String, String, String) {
+        (
+            self.nodes[0].clone(),
+            self.nodes[1].clone(),
+            self.nodes[2].clone(),
+        )
+    }
+
     fn ns(&self, name: &str) -> String {
         format!("{}{name}", self.tag)
     }
@@ -540,11 +549,7 @@ fn portico_pair_failover_preempt_graceful_and_announcements() {
         return;
     }
     let mut lab = Lab::new("p", 41, &["a", "b", "c"]);
-    let (a, b, c) = (
-        lab.nodes[0].clone(),
-        lab.nodes[1].clone(),
-        lab.nodes[2].clone(),
-    );
+    let (a, b, c) = lab.three();
     let vip = lab.vip();
     lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
     let pcap = lab.dir.join("client.pcap");
@@ -704,11 +709,7 @@ fn keepalived_interop_both_roles() {
         return;
     }
     let mut lab = Lab::new("k", 42, &["p", "k", "c"]);
-    let (p, k, c) = (
-        lab.nodes[0].clone(),
-        lab.nodes[1].clone(),
-        lab.nodes[2].clone(),
-    );
+    let (p, k, c) = lab.three();
     let vip = lab.vip();
     lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
     let watch = DualWatch::start(vec![p.clone(), k.clone()], vip);
@@ -958,11 +959,7 @@ fn standalone_conflict_probe_and_announcements() {
         return;
     }
     let mut lab = Lab::new("s", 44, &["a", "x", "c"]);
-    let (a, x, c) = (
-        lab.nodes[0].clone(),
-        lab.nodes[1].clone(),
-        lab.nodes[2].clone(),
-    );
+    let (a, x, c) = lab.three();
     let vip = lab.vip();
     let vip6 = "fd00:200:44::100";
     lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
@@ -1177,11 +1174,7 @@ fn handle_demote_and_resume() {
         return;
     }
     let mut lab = Lab::new("h", 45, &["a", "b", "c"]);
-    let (a, b, c) = (
-        lab.nodes[0].clone(),
-        lab.nodes[1].clone(),
-        lab.nodes[2].clone(),
-    );
+    let (a, b, c) = lab.three();
     let vip = lab.vip();
     lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
     let conf_a = lab.portico_config("lb-a", 150, lab.ip(2));
@@ -1267,11 +1260,7 @@ fn unicast_peers_elect_and_reject_strangers() {
         return;
     }
     let mut lab = Lab::new("u", 46, &["a", "b", "x"]);
-    let (a, b, x) = (
-        lab.nodes[0].clone(),
-        lab.nodes[1].clone(),
-        lab.nodes[2].clone(),
-    );
+    let (a, b, x) = lab.three();
     let (ip_a, ip_b, ip_x, vip) = (lab.ip(0), lab.ip(1), lab.ip(2), lab.vip());
     let conf_a =
         lab.portico_config_with("lb-a", 150, ip_x, &format!("unicast_peers = [\"{ip_b}\"]"));
@@ -1333,11 +1322,7 @@ fn ipv6_pair_elects_and_hands_over() {
         return;
     }
     let mut lab = Lab::new("6", 47, &["a", "b", "c"]);
-    let (a, b, c) = (
-        lab.nodes[0].clone(),
-        lab.nodes[1].clone(),
-        lab.nodes[2].clone(),
-    );
+    let (a, b, c) = lab.three();
     let vip6 = "fd00:200:47::100";
     let conf = |name: &str, priority: u8| {
         let path = lab.dir.join(format!("{name}.toml"));
@@ -1480,11 +1465,7 @@ fn empty_pool_lowers_priority_and_moves_the_vip() {
         return;
     }
     let mut lab = Lab::new("t", 48, &["a", "b", "c"]);
-    let (a, b, c) = (
-        lab.nodes[0].clone(),
-        lab.nodes[1].clone(),
-        lab.nodes[2].clone(),
-    );
+    let (a, b, c) = lab.three();
     let vip = lab.vip();
     lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
     // A's backend is B's address, where nothing listens on the backend port: refused at once.
@@ -1592,11 +1573,7 @@ fn ctl_status_and_vip_handover_drill() {
         return;
     }
     let mut lab = Lab::new("d", 50, &["a", "b", "c"]);
-    let (a, b, c) = (
-        lab.nodes[0].clone(),
-        lab.nodes[1].clone(),
-        lab.nodes[2].clone(),
-    );
+    let (a, b, c) = lab.three();
     let vip = lab.vip();
     lab.backend(&c, SocketAddrV4::new(lab.ip(2), BACKEND_PORT));
     let conf_a = lab.portico_config("lb-a", 150, lab.ip(2));
