@@ -25,10 +25,10 @@ use super::verdict::{
 };
 use crate::config::{CheckKind, Health};
 use crate::rdg::hresult;
-use crate::rdg::packet::{
-    caps, extended_auth, CloseChannel, HandshakeRequest, Packet, TunnelAuth, TunnelCreate,
+use crate::rdg::packet::{CloseChannel, Packet};
+use crate::sim::client::{
+    unexpected, ClientConfig, ClientError, RdgClient, TunnelStatus, TunnelStep,
 };
-use crate::sim::client::{ClientConfig, ClientError, RdgClient, TunnelStatus};
 use crate::sim::Transport;
 use crate::token::{mint, MintRequest, SigningIdentity};
 
@@ -622,50 +622,15 @@ async fn run_tunnel(
     if let Some(gw) = connected.date.as_deref().and_then(parse_http_date) {
         report.clock_skew = Some(gw - now_unix());
     }
-    *stage = Stage::Handshake;
-    client
-        .send(&Packet::HandshakeRequest(HandshakeRequest {
-            ver_major: 1,
-            ver_minor: 0,
-            client_version: 0,
-            extended_auth: extended_auth::PAA,
-        }))
+    let status = client
+        .open_tunnel_observed(token, PROBE_CLIENT_NAME, |step| {
+            *stage = match step {
+                TunnelStep::Handshake => Stage::Handshake,
+                TunnelStep::TunnelCreate => Stage::TunnelCreate,
+                TunnelStep::TunnelAuth => Stage::TunnelAuth,
+            }
+        })
         .await?;
-    let handshake = match client.recv().await? {
-        Packet::HandshakeResponse(r) => r.error_code,
-        other => return Err(unexpected("HANDSHAKE_RESPONSE", &other)),
-    };
-    let mut status = TunnelStatus {
-        handshake,
-        tunnel: None,
-        tunnel_auth: None,
-    };
-    if handshake != 0 {
-        return Ok((status, None));
-    }
-    *stage = Stage::TunnelCreate;
-    client
-        .send(&Packet::TunnelCreate(TunnelCreate::with_paa_token(
-            caps::FREERDP_CLIENT,
-            token,
-        )))
-        .await?;
-    let tunnel = match client.recv().await? {
-        Packet::TunnelResponse(r) => r.status,
-        other => return Err(unexpected("TUNNEL_RESPONSE", &other)),
-    };
-    status.tunnel = Some(tunnel);
-    if tunnel != 0 {
-        return Ok((status, None));
-    }
-    *stage = Stage::TunnelAuth;
-    client
-        .send(&Packet::TunnelAuth(TunnelAuth::new(PROBE_CLIENT_NAME)))
-        .await?;
-    status.tunnel_auth = match client.recv().await? {
-        Packet::TunnelAuthResponse(r) => Some(r.error_code),
-        other => return Err(unexpected("TUNNEL_AUTH_RESPONSE", &other)),
-    };
     let Some((host, port)) = channel.filter(|_| {
         matches!(
             status.tunnel_auth,
@@ -691,10 +656,6 @@ async fn run_tunnel(
         }
     }
     Ok((status, Some(code)))
-}
-
-fn unexpected(want: &str, got: &Packet) -> ClientError {
-    ClientError::Protocol(format!("expected {want}, got {:?}", got.packet_type()))
 }
 
 /// Out of descriptors (EMFILE/ENFILE) or buffers (ENOBUFS/ENOMEM) on this host.

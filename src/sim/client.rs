@@ -400,6 +400,18 @@ impl RdgClient {
         token: &str,
         client_name: &str,
     ) -> Result<TunnelStatus, ClientError> {
+        self.open_tunnel_observed(token, client_name, |_| {}).await
+    }
+
+    /// [`RdgClient::open_tunnel`], telling `step` which exchange starts before each request
+    /// (the health probe names the stage a failure happened in).
+    pub async fn open_tunnel_observed(
+        &mut self,
+        token: &str,
+        client_name: &str,
+        mut step: impl FnMut(TunnelStep),
+    ) -> Result<TunnelStatus, ClientError> {
+        step(TunnelStep::Handshake);
         self.send(&Packet::HandshakeRequest(HandshakeRequest {
             ver_major: 1,
             ver_minor: 0,
@@ -419,6 +431,7 @@ impl RdgClient {
         if handshake != 0 {
             return Ok(status);
         }
+        step(TunnelStep::TunnelCreate);
         self.send(&Packet::TunnelCreate(TunnelCreate::with_paa_token(
             caps::FREERDP_CLIENT,
             token,
@@ -432,6 +445,7 @@ impl RdgClient {
         if tunnel != 0 {
             return Ok(status);
         }
+        step(TunnelStep::TunnelAuth);
         self.send(&Packet::TunnelAuth(TunnelAuth::new(client_name)))
             .await?;
         status.tunnel_auth = match self.recv().await? {
@@ -452,6 +466,15 @@ impl RdgClient {
     }
 }
 
-fn unexpected(want: &str, got: &Packet) -> ClientError {
+/// The exchanges of [`RdgClient::open_tunnel_observed`], in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelStep {
+    Handshake,
+    TunnelCreate,
+    TunnelAuth,
+}
+
+/// The error for a packet of the wrong type where `want` was due.
+pub(crate) fn unexpected(want: &str, got: &Packet) -> ClientError {
     ClientError::Protocol(format!("expected {want}, got {:?}", got.packet_type()))
 }
