@@ -69,6 +69,16 @@ fn output(args: &[&str]) -> String {
 }
 
 /// Runs `f` on a thread that has entered namespace `ns` (only that thread moves).
+/// The MAC address of `eth0` in namespace `ns`, as `ip link` prints it.
+fn eth0_mac(ns: &str) -> String {
+    output(&["ip", "-n", ns, "-o", "link", "show", "eth0"])
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
@@ -666,14 +676,6 @@ fn portico_pair_failover_preempt_graceful_and_announcements() {
         decoded.contains("Priority: 0"),
         "the graceful stop's priority-0 advert"
     );
-    let mac = |ns: &str| {
-        output(&["ip", "-n", ns, "-o", "link", "show", "eth0"])
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned()
-    };
     let garps = output(&[
         "tshark",
         "-r",
@@ -687,7 +689,7 @@ fn portico_pair_failover_preempt_graceful_and_announcements() {
     ]);
     let from = |m: &str| garps.lines().filter(|l| l.trim() == m).count();
     // A took over twice, B twice; 5 GARPs per takeover.
-    let (ma, mb) = (mac(&a), mac(&b));
+    let (ma, mb) = (eth0_mac(&a), eth0_mac(&b));
     assert!(
         from(&ma) >= 10,
         "GARPs from A ({ma}): {}\n{garps}",
@@ -1009,12 +1011,7 @@ socket = "{}"
         "dev",
         "eth0",
     ]);
-    let x_mac = output(&["ip", "-n", &x, "-o", "link", "show", "eth0"])
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
+    let x_mac = eth0_mac(&x);
     let pid = lab.portico(&a, &conf);
     let child = lab.children.iter_mut().find(|c| c.id() == pid).unwrap();
     let t0 = Instant::now();
@@ -1110,12 +1107,7 @@ socket = "{}"
     assert!(!lab.holds(&a) && !has6(&a), "VIPs removed at shutdown");
     signal(dump, libc::SIGTERM);
     wait_exit(&mut lab, dump);
-    let a_mac = output(&["ip", "-n", &a, "-o", "link", "show", "eth0"])
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
+    let a_mac = eth0_mac(&a);
     let na = output(&[
         "tshark",
         "-r",
@@ -1421,12 +1413,7 @@ socket = "{admin}"
     );
     assert!(decoded.contains("Hop Limit: 255"));
     assert!(decoded.contains("Destination Address: ff02::12"));
-    let a_mac = output(&["ip", "-n", &a, "-o", "link", "show", "eth0"])
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
+    let a_mac = eth0_mac(&a);
     let na = output(&[
         "tshark",
         "-r",
@@ -1443,12 +1430,7 @@ socket = "{admin}"
         5,
         "A's unsolicited NAs seen by the client:\n{na}"
     );
-    let b_mac = output(&["ip", "-n", &b, "-o", "link", "show", "eth0"])
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
+    let b_mac = eth0_mac(&b);
     assert_eq!(
         na.lines().filter(|l| l.trim() == b_mac).count(),
         5,
