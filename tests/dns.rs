@@ -229,14 +229,20 @@ async fn wait_for(server: SocketAddr, want: &[&str], within: Duration) -> Option
     None
 }
 
+/// Two gateways, each the only one of its pool, and the daemon serving both VIPs.
+async fn two_gateways_two_vips() -> (Gateway, Gateway, portico::daemon::Running) {
+    let a = Gateway::start("127.0.0.1:0".parse().unwrap()).await;
+    let b = Gateway::start("127.0.0.1:0".parse().unwrap()).await;
+    let running = two_vips(a.addr, b.addr).await;
+    (a, b, running)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_negatives_and_transfers() {
     if !have_dig() {
         return;
     }
-    let mut a = Gateway::start("127.0.0.1:0".parse().unwrap()).await;
-    let mut b = Gateway::start("127.0.0.1:0".parse().unwrap()).await;
-    let running = two_vips(a.addr, b.addr).await;
+    let (mut a, mut b, running) = two_gateways_two_vips().await;
     let dns = running.dns_addrs[0];
 
     // A over UDP (EDNS by default), and the same over TCP; names in any case.
@@ -346,9 +352,7 @@ async fn answer_follows_health() {
     if !have_dig() {
         return;
     }
-    let mut a = Gateway::start("127.0.0.1:0".parse().unwrap()).await;
-    let mut b = Gateway::start("127.0.0.1:0".parse().unwrap()).await;
-    let running = two_vips(a.addr, b.addr).await;
+    let (mut a, mut b, running) = two_gateways_two_vips().await;
     let dns = running.dns_addrs[0];
     let both = ["127.0.0.2", "127.0.0.3"];
     assert!(wait_for(dns, &both, Duration::from_secs(3)).await.is_some());
