@@ -7,6 +7,9 @@
 #   cargo build --release && benches/cpu-per-conn.sh
 #   PORTICO_BIN_B=/path/to/other/portico benches/cpu-per-conn.sh   # two Portico builds + HAProxy
 #   WORKERS=2 benches/cpu-per-conn.sh     # data-plane threads (Portico) / nbthread (HAProxy)
+#   WORKERS=2 NGINX_WORKERS=2 WRK_THREADS=2 WRK_CONNS=50 benches/cpu-per-conn.sh   # l4bench's shape
+# Besides CPU per request it prints the proxy's voluntary context switches per request (each is
+# a sleep in epoll_wait and a wake-up paid by whoever sent the data).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 A=${PORTICO_BIN:-$here/target/release/portico}
@@ -20,7 +23,7 @@ for t in nginx haproxy wrk; do command -v $t >/dev/null || { echo "needs $t (see
 d=$(mktemp -d); cd "$d"
 mkdir -p www; head -c 128 /dev/zero | tr '\0' a > www/small.html
 cat > nginx.conf <<NG
-worker_processes 1; pid $d/nginx.pid; error_log $d/nginx.err; daemon off;
+worker_processes ${NGINX_WORKERS:-1}; pid $d/nginx.pid; error_log $d/nginx.err; daemon off;
 events { worker_connections 4096; }
 http { access_log off; server { listen 127.0.0.1:18091; root $d/www; $KA } }
 NG
@@ -60,16 +63,17 @@ haproxy -f $d/haproxy.cfg >$d/haproxy.log 2>&1 & HAP=$!
 trap 'kill $OLD $NEW $NGPID $HAP 2>/dev/null; sleep 0.3; rm -rf "$d"' EXIT
 sleep 1.5
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+ctxsw() { cat /proc/$1/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
 whos="portico haproxy"; [ -n "$B" ] && whos="portico portico_b haproxy"
 for round in $(seq "$ROUNDS"); do
   for who in $whos; do
     pid=$OLD; port=18090; [ $who = portico_b ] && { pid=$NEW; port=18092; }; [ $who = haproxy ] && { pid=$HAP; port=18093; }
-    c0=$(cpu $pid)
-    out=$(timeout 30 wrk -t1 -c20 -d4 ${HDR[@]+"${HDR[@]}"} http://127.0.0.1:$port/small.html)
-    c1=$(cpu $pid)
+    c0=$(cpu $pid); s0=$(ctxsw $pid)
+    out=$(timeout 30 wrk -t"${WRK_THREADS:-1}" -c"${WRK_CONNS:-20}" -d"${SECS:-4}" ${HDR[@]+"${HDR[@]}"} http://127.0.0.1:$port/small.html)
+    c1=$(cpu $pid); s1=$(ctxsw $pid)
     reqs=$(echo "$out" | awk '/requests in/{print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
     ticks=$((c1-c0)); hz=$(getconf CLK_TCK)
-    echo "round $round $who ($MODE): $reqs requests, $rps req/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}')"
+    echo "round $round $who ($MODE): $reqs requests, $rps req/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}'), $(awk -v a=$s0 -v b=$s1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') context switches/req"
   done
 done

@@ -10,6 +10,16 @@
 # (rx_packets of their interfaces). Each receive path in $MODES gets its own `portico run`, in
 # alternation, $ROUNDS times.
 #
+# STEER=1 (the default) makes CPU $LB_CPU do exactly what one forwarding core does on a real
+# NIC, and nothing else: on veth every receive runs inline in the *sender's* context, so without
+# steering the balancer's frames would be received (ring copy, the kernel's look at them) on the
+# sender's CPU, and the bridge plus the gateways' whole receive would run inside the forwarder's
+# sendmmsg. Receive Packet Steering moves each to the core it belongs to: the balancer's eth0
+# receives on $LB_CPU, the switch port its frames enter (the bridge, and behind it the gateways,
+# other machines on a real segment) on $TX_CPU. The per-core figure is then forwarded frames
+# over CPU $LB_CPU's busy time from /proc/stat (user + system + irq + softirq), so the kernel's
+# receive work is charged too. STEER=0 is the earlier set-up, charged by the process's own time.
+#
 # Usage (root): cargo build --release --bin portico --example dsr_blast && benches/dsr_pps.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +30,9 @@ SECS=${SECS:-5}
 LB_CPU=${LB_CPU:-1}
 TX_CPU=${TX_CPU:-0}
 SIZES=${SIZES:-"60 1514"}
+# Frames per second the sender offers (0: as fast as it can). Find a core's capacity by
+# raising it until frames are dropped (rx-overflow) or the core is busy all the time.
+RATE=${RATE:-0}
 # Receive paths to compare (PORTICO_DSR_IO): the TPACKET_V3 ring and recvmmsg, alternated.
 MODES=${MODES:-"ring mmsg"}
 ROUNDS=${ROUNDS:-2}
@@ -37,6 +50,36 @@ cleanup() {
 trap cleanup EXIT
 [ -x "$BIN" ] && [ -x "$BLAST" ] || { echo "build first: cargo build --release --bin portico --example dsr_blast" >&2; exit 2; }
 
+# TOPOLOGY=bridge (the default) is the tests' segment: sender, balancer and three gateway
+# namespaces with the VIP on lo, on one bridge; the gateways count what they receive.
+# TOPOLOGY=wire measures the forwarder's core alone: the sender's veth is wired straight to
+# the balancer's, the gateways are neighbour entries with made-up MACs, and every forwarded
+# frame comes back to the sender's namespace, which drops it at the first look (not its MAC)
+# on the other core. That core then carries the traffic generator and a near-free sink, and
+# the balancer's core only the forwarder's own work (its receive included, STEER=1).
+TOPOLOGY=${TOPOLOGY:-bridge}
+STEER=${STEER:-1}
+mask() { printf '%x' $((1 << $1)); }
+if [ "$TOPOLOGY" = wire ]; then
+  ip netns add "${tag}cl"
+  ip netns add "${tag}lb"
+  ip link add eth0 netns "${tag}cl" type veth peer name eth0 netns "${tag}lb"
+  for n in cl:10.200.1.1 lb:10.200.0.2; do
+    ip -n "$tag${n%%:*}" addr add "${n#*:}/16" dev eth0
+    ip -n "$tag${n%%:*}" link set eth0 up
+    ip -n "$tag${n%%:*}" link set lo up
+  done
+  for i in 1 2 3; do
+    ip -n "${tag}lb" neigh replace 10.200.0.1$i lladdr 02:00:00:00:01:0$i dev eth0 nud permanent
+  done
+  # Only the balancer's receive is steered (to its core). The sink's drop of each forwarded
+  # frame stays inline in the forwarder's send, charged to it: steering that too would cost an
+  # inter-processor interrupt per batch, which in a VM (an MSR write that exits to the
+  # hypervisor) costs more than the drop itself.
+  if [ "$STEER" = 1 ]; then
+    ip netns exec "${tag}lb" sh -c "echo $(mask "$LB_CPU") > /sys/class/net/eth0/queues/rx-0/rps_cpus"
+  fi
+else
 ip netns add "${tag}sw"
 ip -n "${tag}sw" link add br0 type bridge
 ip -n "${tag}sw" link set br0 up
@@ -51,6 +94,10 @@ host() { # name address
 }
 host cl 10.200.1.1
 host lb 10.200.0.2
+if [ "$STEER" = 1 ]; then
+  ip netns exec "${tag}lb" sh -c "echo $(mask "$LB_CPU") > /sys/class/net/eth0/queues/rx-0/rps_cpus"
+  ip netns exec "${tag}sw" sh -c "echo $(mask "$TX_CPU") > /sys/class/net/v${tag}lb/queues/rx-0/rps_cpus"
+fi
 i=0
 for g in g1 g2 g3; do
   i=$((i + 1))
@@ -71,8 +118,19 @@ time.sleep(3600)' &
     sinks="$sinks $!"
   fi
 done
+fi
 
-cat > "$dir/lb.toml" <<EOF
+# VMACS lists the VIP set-ups to alternate. vmac (the default): the VIP is a VRRP group's, as
+# in production, so it answers ARP with the group's virtual MAC and the sender addresses its
+# frames there; the kernel then drops its own copy of each at the first look. ifmac: a VIP
+# without VRRP, on the interface's own MAC, whose copies the kernel routes before dropping.
+VMACS=${VMACS:-vmac}
+write_config() { # vmac | ifmac
+  local vip_section=""
+  if [ "$1" = vmac ]; then
+    vip_section=$(printf '[vip]\naddresses = ["%s/32"]\nmode = "vrrp"\n\n[vip.vrrp]\nvrid = 51\npriority = 200\nadvert_interval_ms = 100\n' "$VIP")
+  fi
+  cat > "$dir/lb.toml" <<EOF
 [node]
 name = "bench"
 interface = "eth0"
@@ -101,7 +159,10 @@ listen = "10.200.0.2:9469"
 
 [admin]
 socket = "$dir/admin.sock"
+
+$vip_section
 EOF
+}
 metrics() { ip netns exec "${tag}lb" curl -s http://10.200.0.2:9469/metrics; }
 start_lb() { # receive path: ring | mmsg
   PORTICO_DSR_IO=$1 ip netns exec "${tag}lb" taskset -c "$LB_CPU" "$BIN" run --config "$dir/lb.toml" --workers 1 2>"$dir/lb-$1.log" &
@@ -115,30 +176,39 @@ stop_lb() {
 }
 forwarded() { metrics | awk '/^portico_dsr_packets_total/ {s += $2} END {printf "%d\n", s}'; }
 gw_rx() {
+  if [ "$TOPOLOGY" = wire ]; then ip netns exec "${tag}cl" cat /sys/class/net/eth0/statistics/rx_packets; return; fi
   local s=0
   for g in g1 g2 g3; do s=$((s + $(ip netns exec "$tag$g" cat /sys/class/net/eth0/statistics/rx_packets))); done
   echo $s
 }
 hz=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-lb_mac=$(ip netns exec "${tag}lb" cat /sys/class/net/eth0/address)
-echo "dsr forwarder pps, one core (CPU $LB_CPU), ${SECS}s per size, receive paths: $MODES x $ROUNDS rounds, GW_SINK=${GW_SINK:-0}, kernel $(uname -r)"
+# Busy ticks of CPU $LB_CPU: user nice system irq softirq (not idle, iowait, or steal: time
+# the hypervisor gave to other guests).
+core_ticks() { awk -v c="cpu$LB_CPU" '$1 == c {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+if_mac=$(ip netns exec "${tag}lb" cat /sys/class/net/eth0/address)
+echo "dsr forwarder pps, one core (CPU $LB_CPU), ${SECS}s per size, receive paths: $MODES x $ROUNDS rounds, GW_SINK=${GW_SINK:-0}, RATE=$RATE, TOPOLOGY=$TOPOLOGY, STEER=$STEER, VIP MACs: $VMACS, kernel $(uname -r)"
 for round in $(seq "$ROUNDS"); do
+for vm in $VMACS; do
+write_config "$vm"
+lb_mac=$if_mac; [ "$vm" = vmac ] && lb_mac=00:00:5e:00:01:33
 for mode in $MODES; do
   start_lb "$mode"
   [ -n "${ON_START:-}" ] && eval "$ON_START"
   for size in $SIZES; do
-    f0=$(forwarded); g0=$(gw_rx); c0=$(cpu_ticks)
-    sent=$(ip netns exec "${tag}cl" taskset -c "$TX_CPU" "$BLAST" eth0 "$lb_mac" $VIP 3391 "$size" "$SECS" | awk '{print $2}')
+    f0=$(forwarded); g0=$(gw_rx); c0=$(cpu_ticks); k0=$(core_ticks); w0=$(date +%s%N)
+    sent=$(ip netns exec "${tag}cl" taskset -c "$TX_CPU" "$BLAST" eth0 "$lb_mac" $VIP 3391 "$size" "$SECS" 64 "${RATE:-0}" | awk '{print $2}')
     sleep 0.5
-    f1=$(forwarded); g1=$(gw_rx); c1=$(cpu_ticks)
-    fwd=$((f1 - f0)); rx=$((g1 - g0)); ticks=$((c1 - c0))
-    # Forwarded per CPU-second the balancer process used (user + system, syscalls included):
-    # what one core would do if the forwarder had it to itself.
-    per_core=$(( ticks > 0 ? fwd * hz / ticks : 0 ))
-    printf '%-4s frame %5d B: sent %9d (%7d pps)  forwarded %9d (%7d pps, balancer CPU %3d%%, %7d pps per CPU-second)  gateways received %9d\n' \
-      "$mode" "$size" "$sent" $((sent / SECS)) "$fwd" $((fwd / SECS)) $((ticks * 100 / hz / SECS)) "$per_core" "$rx"
+    f1=$(forwarded); g1=$(gw_rx); c1=$(cpu_ticks); k1=$(core_ticks); w1=$(date +%s%N)
+    fwd=$((f1 - f0)); rx=$((g1 - g0)); ticks=$((c1 - c0)); kt=$((k1 - k0))
+    # Forwarded per CPU-second the balancer process used (user + system, syscalls included),
+    # and per busy second of its core (the kernel's receive work on it too, with STEER=1).
+    per_proc=$(( ticks > 0 ? fwd * hz / ticks : 0 ))
+    per_core=$(( kt > 0 ? fwd * hz / kt : 0 ))
+    printf '%-4s %-5s frame %5d B: sent %9d (%7d pps)  forwarded %9d (%7d pps)  process CPU %3d%% -> %7d pps per CPU-second  core %d busy %3d%% -> %7d pps per busy second  gateways received %9d\n' \
+      "$mode" "$vm" "$size" "$sent" $((sent / SECS)) "$fwd" $((fwd / SECS)) $((ticks * 100 / hz / SECS)) "$per_proc" "$LB_CPU" $((kt * 100000 / hz / ((w1 - w0) / 1000000))) "$per_core" "$rx"
   done
   stop_lb
+done
 done
 done

@@ -1,7 +1,11 @@
 //! Traffic source for `benches/dsr_pps.sh`: sends UDP frames to VIP:port from an AF_PACKET
 //! socket as fast as `sendmmsg` allows, for a bounded time, and prints how many it sent.
 //!
-//! `dsr_blast IFACE DST_MAC VIP PORT FRAME_BYTES SECONDS [FLOWS]`
+//! `dsr_blast IFACE DST_MAC VIP PORT FRAME_BYTES SECONDS [FLOWS] [RATE]`
+//!
+//! RATE (frames per second, 0 = as fast as possible) paces the sender, batch by batch: an
+//! offered load above what the forwarder's core can take only measures how the kernel drops
+//! (receive livelock), not what the core forwards.
 //!
 //! Frames come from 10.200.1.1 with FLOWS different source ports (default 64), so the
 //! forwarder's flow table and Maglev see several flows. Run it only inside a namespace the
@@ -18,7 +22,7 @@ const BATCH: usize = 64;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 7 {
-        eprintln!("usage: dsr_blast IFACE DST_MAC VIP PORT FRAME_BYTES SECONDS [FLOWS]");
+        eprintln!("usage: dsr_blast IFACE DST_MAC VIP PORT FRAME_BYTES SECONDS [FLOWS] [RATE]");
         std::process::exit(2);
     }
     let iface = &args[1];
@@ -28,6 +32,7 @@ fn main() {
     let size: usize = args[5].parse().expect("FRAME_BYTES");
     let secs: f64 = args[6].parse().expect("SECONDS");
     let flows: u16 = args.get(7).map_or(64, |f| f.parse().expect("FLOWS"));
+    let rate: f64 = args.get(8).map_or(0.0, |r| r.parse().expect("RATE"));
     let src_mac = forwarder::interface_mac(iface).expect("source MAC");
     let payload = size.saturating_sub(14 + 20 + 8);
     let frames: Vec<Vec<u8>> = (0..flows)
@@ -52,7 +57,8 @@ fn main() {
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = 0x0003u16.to_be();
+        // Protocol 0: the socket sends only, so frames coming back are not queued to it.
+        sll.sll_protocol = 0;
         sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
         let r = libc::bind(
             fd,
@@ -78,6 +84,11 @@ fn main() {
         let until = Duration::from_secs_f64(secs);
         let mut sent: u64 = 0;
         while t0.elapsed() < until {
+            if rate > 0.0 {
+                while sent as f64 > rate * t0.elapsed().as_secs_f64() {
+                    std::hint::spin_loop();
+                }
+            }
             let r = libc::sendmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, 0);
             if r > 0 {
                 sent += r as u64;

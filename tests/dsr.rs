@@ -899,6 +899,7 @@ fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
         std::thread::spawn(move || echo_session(s, Duration::from_secs(5)))
     });
     std::thread::sleep(Duration::from_secs(2));
+    let cache_before = vip_in_arp_cache(&cl);
     let before = scrape(&t.ns("lb"), LB_B);
     if vrrp {
         // `ctl vrrp demote` on the master: priority-0 advert, B takes over at once.
@@ -925,4 +926,27 @@ fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
         d("portico_dsr_arp_replies_total") >= 1.0,
         "B announced the VIP"
     );
+    if vrrp {
+        // The VIP answers with VRID 51's virtual MAC (RFC 5798 §7.3) on whichever node is
+        // master, so the client's ARP cache holds the same entry before and after.
+        let vmac = "00:00:5e:00:01:33";
+        assert_eq!(
+            cache_before.as_deref(),
+            Some(vmac),
+            "A answered with the virtual MAC"
+        );
+        assert_eq!(
+            vip_in_arp_cache(&cl).as_deref(),
+            Some(vmac),
+            "unchanged after the hand-over"
+        );
+    }
+}
+
+/// The MAC the client namespace's ARP cache holds for the VIP, if any.
+fn vip_in_arp_cache(ns: &str) -> Option<String> {
+    let out = run(&["ip", "-n", ns, "neigh", "show", &VIP.to_string()]).ok()?;
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_owned)
 }

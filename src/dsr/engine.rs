@@ -6,6 +6,12 @@
 //! table, then Maglev(client key) over the eligible backends ([`Choice::decide`] does both).
 //! The destination MAC becomes the backend's, the source MAC ours; nothing else in the frame
 //! changes, so the backend sees the client's address and port and replies to it directly.
+//!
+//! A VIP of a VRRP group answers ARP with the group's virtual MAC (RFC 5798 §7.3,
+//! `00:00:5e:00:01:VRID`) rather than the interface's: the segment's ARP caches then hold the
+//! same MAC whichever node is master, and frames for the VIP arrive addressed to a MAC that is
+//! not the interface's own, so the kernel's copy of each one is dropped at the first look
+//! (`PACKET_OTHERHOST`) instead of being routed, found unroutable and freed.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -62,6 +68,8 @@ pub struct Engine {
     /// Service names, indexed by `Target::service`.
     services: Vec<Arc<str>>,
     our_mac: Mac,
+    /// VIPs that answer with a MAC other than `our_mac` (a VRRP group's virtual MAC).
+    vip_macs: Vec<(Ipv4Addr, Mac)>,
     our_ip: Option<Ipv4Addr>,
     flows: FlowTable,
     neighbours: Vec<Neighbour>,
@@ -84,6 +92,7 @@ impl Engine {
             targets,
             services,
             our_mac,
+            vip_macs: Vec::new(),
             our_ip,
             flows,
             neighbours: Vec::new(),
@@ -91,6 +100,28 @@ impl Engine {
             generation: None,
             handles,
         }
+    }
+
+    /// Makes `vip` answer ARP and announce itself with `mac` (its VRRP group's virtual MAC)
+    /// and accept frames sent to it; other VIPs keep the interface's MAC.
+    pub fn set_vip_mac(&mut self, vip: Ipv4Addr, mac: Mac) {
+        self.vip_macs.retain(|(v, _)| *v != vip);
+        if mac != self.our_mac {
+            self.vip_macs.push((vip, mac));
+        }
+    }
+
+    /// The MAC `vip` answers with.
+    pub fn vip_mac(&self, vip: Ipv4Addr) -> Mac {
+        self.vip_macs
+            .iter()
+            .find(|(v, _)| *v == vip)
+            .map_or(self.our_mac, |(_, m)| *m)
+    }
+
+    /// Whether a frame with destination `dst` was sent to this node (its own MAC, or a VIP's).
+    fn sent_to_us(&self, dst: &[u8]) -> bool {
+        dst == self.our_mac || self.vip_macs.iter().any(|(_, m)| dst == m)
     }
 
     pub fn targets(&self) -> &[Target] {
@@ -213,7 +244,7 @@ impl Engine {
             }
         }
         let vip = vips.get(i)?;
-        Some(arp::gratuitous(out, *vip, self.our_mac))
+        Some(arp::gratuitous(out, *vip, self.vip_mac(*vip)))
     }
 
     /// A new term as master: flows from an earlier term may point anywhere now.
@@ -247,7 +278,7 @@ impl Engine {
             Class::Forward { target, tuple } => {
                 // Only frames sent to us: a broadcast or flooded frame for the VIP must not be
                 // sent on again (that is how forwarding loops start).
-                if frame.get(..6) != Some(&self.our_mac[..]) {
+                if !frame.get(..6).is_some_and(|dst| self.sent_to_us(dst)) {
                     self.metrics.passed.inc();
                     return Action::Pass;
                 }
@@ -294,7 +325,7 @@ impl Engine {
         // A gratuitous request (sender = target) is an announcement, not a question.
         if a.op == Op::Request && for_vip && a.sender_ip != a.target_ip {
             self.metrics.arp_replies.inc();
-            return Action::Reply(arp::reply(out, &a, self.our_mac));
+            return Action::Reply(arp::reply(out, &a, self.vip_mac(a.target_ip)));
         }
         Action::Pass
     }
@@ -624,6 +655,56 @@ backends = [
         let n = arp::gratuitous(&mut buf, Ipv4Addr::new(10, 200, 0, 12), [7; 6]);
         e.handle(&snap, &mut buf[..n], &mut out, Instant::now(), 1);
         assert_eq!(e.neighbour(Ipv4Addr::new(10, 200, 0, 12)), Some([7; 6]));
+    }
+
+    #[test]
+    fn a_vrrp_vip_answers_and_announces_with_its_virtual_mac_and_takes_frames_sent_to_it() {
+        let (c, mut e, _) = setup();
+        let vmac = crate::dsr::packet::vrrp_virtual_mac(51);
+        assert_eq!(vmac, [0x00, 0x00, 0x5e, 0x00, 0x01, 51]);
+        e.set_vip_mac(VIP, vmac);
+        let snap = c.snapshot().load_full();
+        let mut buf = [0u8; 64];
+        let mut out = [0u8; 64];
+        let n = arp::request(&mut buf, client(1), CLIENT_MAC, VIP);
+        let Action::Reply(m) = e.handle(&snap, &mut buf[..n], &mut out, Instant::now(), 1) else {
+            panic!("no ARP reply for the VIP");
+        };
+        let r = arp::parse(&out[..m]).unwrap();
+        assert_eq!((r.sender_ip, r.sender_mac), (VIP, vmac));
+        assert_eq!(
+            &out[6..12],
+            &vmac,
+            "sent from the virtual MAC, so switches learn its port"
+        );
+        let m = e.announcement(0, &mut out).unwrap();
+        let g = arp::parse(&out[..m]).unwrap();
+        assert_eq!((g.sender_ip, g.target_ip, g.sender_mac), (VIP, VIP, vmac));
+
+        // Frames to the virtual MAC and (stale caches) to the interface's own are forwarded,
+        // with the interface's MAC as source; frames to any other MAC are not.
+        for dst in [vmac, US] {
+            let mut f = ipv4(dst, CLIENT_MAC, client(1), VIP, Protocol::Tcp, 1, 443, 0);
+            assert_eq!(
+                e.handle(&snap, &mut f, &mut out, Instant::now(), 1),
+                Action::Forward
+            );
+            assert_eq!(&f[6..12], &US);
+        }
+        let mut f = ipv4(
+            crate::dsr::packet::vrrp_virtual_mac(52),
+            CLIENT_MAC,
+            client(1),
+            VIP,
+            Protocol::Tcp,
+            1,
+            443,
+            0,
+        );
+        assert_eq!(
+            e.handle(&snap, &mut f, &mut out, Instant::now(), 1),
+            Action::Pass
+        );
     }
 
     #[test]

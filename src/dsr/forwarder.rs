@@ -37,7 +37,7 @@ use super::arp;
 use super::engine::{Action, Engine};
 use super::flow::FlowTable;
 use super::metrics::DsrMetrics;
-use super::packet::{DropReason, Mac, Target};
+use super::packet::{vrrp_virtual_mac, DropReason, Mac, Target};
 use crate::config::{Config, Forwarding, VipMode};
 use crate::snapshot::Snapshot;
 
@@ -57,6 +57,10 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 /// Gratuitous ARP after becoming active: at once, then again after these delays (a lost
 /// announcement leaves clients on the old master until their cache entries time out).
 const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
+/// While active, every VIP is announced again this often: it keeps the switches' forwarding
+/// entry for a virtual MAC (which no other frame is sent from) well inside their usual 300 s
+/// ageing, and re-teaches hosts that flushed their ARP caches.
+const ANNOUNCE_REFRESH: Duration = Duration::from_secs(60);
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
@@ -69,6 +73,8 @@ pub struct ForwarderConfig {
     pub services: Vec<Arc<str>>,
     pub max_flows: usize,
     pub flow_idle: Duration,
+    /// VIPs of VRRP groups and their group's virtual MAC, which they answer ARP with.
+    pub vip_macs: Vec<(Ipv4Addr, Mac)>,
 }
 
 impl ForwarderConfig {
@@ -101,12 +107,28 @@ impl ForwarderConfig {
             .interface
             .clone()
             .context("dsr services need [node] interface")?;
+        let mut vip_macs: Vec<(Ipv4Addr, Mac)> = Vec::new();
+        for group in config.vip_groups() {
+            let VipMode::Vrrp(vrrp) = &group.mode else {
+                continue;
+            };
+            for a in &group.addresses {
+                if let IpAddr::V4(v) = a.addr {
+                    if targets.iter().any(|t| t.vip == a.addr)
+                        && !vip_macs.iter().any(|(x, _)| *x == v)
+                    {
+                        vip_macs.push((v, vrrp_virtual_mac(vrrp.vrid)));
+                    }
+                }
+            }
+        }
         Ok(Some(ForwarderConfig {
             interface,
             targets,
             services,
             max_flows,
             flow_idle,
+            vip_macs,
         }))
     }
 }
@@ -150,11 +172,18 @@ impl Forwarder {
             .collect();
         let sock = PacketSocket::open(iface, &vips)
             .with_context(|| format!("dsr: opening an AF_PACKET socket on {iface}"))?;
+        for (vip, vmac) in &cfg.vip_macs {
+            // A NIC filters unicast frames by destination: the virtual MAC joins its list (the
+            // socket's membership ends with the socket). veth and bridges need none of this.
+            if let Err(e) = sock.accept_unicast(vmac) {
+                warn!(interface = %iface, %vip, mac = %arp::format_mac(vmac), error = %e, "dsr: cannot add the virtual MAC to the interface's filter: frames for it may not arrive");
+            }
+        }
         let flows = FlowTable::new(
             cfg.max_flows,
             u64::try_from(cfg.flow_idle.as_millis()).unwrap_or(u64::MAX),
         );
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             cfg.targets.clone(),
             cfg.services.clone(),
             mac,
@@ -162,6 +191,9 @@ impl Forwarder {
             flows,
             metrics.clone(),
         );
+        for (vip, vmac) in &cfg.vip_macs {
+            engine.set_vip_mac(*vip, *vmac);
+        }
         let active_flag = Arc::new(AtomicBool::new(active));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -171,7 +203,12 @@ impl Forwarder {
                 .spawn(move || run(sock, engine, snapshot, metrics, active, stop, iface))
                 .context("starting the dsr thread")?
         };
-        info!(interface = %iface, mac = %arp::format_mac(&mac), vips = ?vips, active, "dsr forwarder started");
+        let virtual_macs: Vec<String> = cfg
+            .vip_macs
+            .iter()
+            .map(|(v, m)| format!("{v}={}", arp::format_mac(m)))
+            .collect();
+        info!(interface = %iface, mac = %arp::format_mac(&mac), vips = ?vips, ?virtual_macs, active, "dsr forwarder started");
         Ok(Forwarder {
             active: active_flag,
             stop,
@@ -338,6 +375,9 @@ fn run(
                     }
                     i += 1;
                 }
+            }
+            if announce_at.is_empty() {
+                announce_at.push(now + ANNOUNCE_REFRESH);
             }
         }
         if now >= next_housekeeping {
@@ -555,6 +595,7 @@ enum Rx {
 /// An AF_PACKET socket bound to one interface, with its receive and send batches.
 struct PacketSocket {
     fd: OwnedFd,
+    ifindex: libc::c_int,
     rx: Rx,
     /// The frames of the last batch.
     frames: [FrameRef; BATCH],
@@ -774,6 +815,7 @@ impl PacketSocket {
             unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
         let mut s = PacketSocket {
             fd,
+            ifindex: sll.sll_ifindex,
             rx,
             frames: [NO_FRAME; BATCH],
             count: 0,
@@ -922,6 +964,25 @@ impl PacketSocket {
         } else {
             0
         }
+    }
+
+    /// Adds `mac` to the interface's unicast filter for as long as the socket lives
+    /// (`PACKET_MR_UNICAST`), so a NIC passes frames sent to it up.
+    fn accept_unicast(&self, mac: &Mac) -> io::Result<()> {
+        let mut address = [0u8; 8];
+        address[..6].copy_from_slice(mac);
+        let req = libc::packet_mreq {
+            mr_ifindex: self.ifindex,
+            mr_type: libc::PACKET_MR_UNICAST as libc::c_ushort,
+            mr_alen: 6,
+            mr_address: address,
+        };
+        setsockopt(
+            &self.fd,
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            &req,
+        )
     }
 
     /// Sends a frame we built (ARP), behind an all-zero virtio-net header (no offload).

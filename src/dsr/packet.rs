@@ -290,6 +290,11 @@ fn transport(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8], targets: &[Target])
     }
 }
 
+/// The IPv4 virtual router MAC of VRRP group `vrid` (RFC 5798 §7.3).
+pub fn vrrp_virtual_mac(vrid: u8) -> Mac {
+    [0x00, 0x00, 0x5e, 0x00, 0x01, vrid]
+}
+
 /// Rewrites the frame's Ethernet addresses in place: to the backend, from us.
 pub fn rewrite_macs(frame: &mut [u8], dst: Mac, src: Mac) -> bool {
     match frame.get_mut(..12) {

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# A control for ../shared/bench/l4bench.sh: runs HAProxy, configured exactly as the harness
+# configures its own HAProxy, in the harness's *Portico* slot. The harness runs its targets in
+# a fixed order (direct, haproxy, nginx-stream, portico), so the last slot runs after three
+# close tests whose TIME_WAIT sockets are still in the tables; this measures what that slot
+# costs any proxy. Compare "portico" (this HAProxy) against "haproxy" in the same run:
+#   PORTICO_CMD=benches/l4bench-haproxy-slot.sh ../shared/bench/l4bench.sh
+set -euo pipefail
+: "${PORTICO_LISTEN:?set by l4bench.sh}" "${PORTICO_BACKENDS:?set by l4bench.sh}" "${PORTICO_WORKDIR:?set by l4bench.sh}"
+cfg=$PORTICO_WORKDIR/haproxy-slot.cfg
+nofile=$(ulimit -n)
+maxconn=$(( (nofile - 200) / 2 )); [ "$maxconn" -gt 100000 ] && maxconn=100000
+IFS=, read -ra bes <<< "$PORTICO_BACKENDS"
+{
+  echo 'global'
+  echo "  maxconn $maxconn"
+  echo "  nbthread ${PORTICO_WORKERS:-2}"
+  echo 'defaults'
+  echo '  mode tcp'
+  echo '  timeout connect 5s'
+  echo '  timeout client 60s'
+  echo '  timeout server 60s'
+  echo 'frontend fe'
+  echo "  bind $PORTICO_LISTEN backlog 4096"
+  echo '  default_backend be'
+  echo 'backend be'
+  echo '  balance roundrobin'
+  i=0
+  for be in "${bes[@]}"; do i=$((i + 1)); echo "  server b$i $be"; done
+} > "$cfg"
+exec haproxy -db -f "$cfg"
