@@ -167,5 +167,9 @@ pub fn render_plan(c: &Config) -> String {
         }
     }
     let _ = writeln!(o, "admin socket {}", c.admin.socket.display());
+    if let Some(sync) = &c.dsr_sync {
+        let peers: Vec<String> = sync.peers.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(o, "dsr flow sync {} <-> {}", sync.listen, peers.join(", "));
+    }
     o
 }

@@ -66,6 +66,9 @@ pub const DSR_DROPS: &str = "portico_dsr_drops_total";
 pub const DSR_PASSED: &str = "portico_dsr_frames_passed_total";
 pub const DSR_ARP_REPLIES: &str = "portico_dsr_arp_replies_total";
 pub const DSR_ACTIVE: &str = "portico_dsr_active";
+pub const DSR_SYNC_SENT: &str = "portico_dsr_sync_sent_total";
+pub const DSR_SYNC_APPLIED: &str = "portico_dsr_sync_applied_total";
+pub const DSR_SYNC_ERRORS: &str = "portico_dsr_sync_errors_total";
 
 /// Why a client connection got no backend at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,6 +45,20 @@ const BROKEN: &[Case] = &[
         ],
     ),
     (
+        "broken-dsr-sync.toml",
+        &[
+            (16, "dsr.sync_listen", "not a wildcard"),
+            (19, "dsr.sync_peers[1]", "is listed twice"),
+            (20, "dsr.sync_peers[2]", "this node's own sync_listen"),
+            (
+                21,
+                "dsr.sync_peers[3]",
+                "not the address family of sync_listen",
+            ),
+            (22, "dsr.sync_peers[4]", "the port is missing"),
+        ],
+    ),
+    (
         "broken-unknown-field.toml",
         &[(
             7,

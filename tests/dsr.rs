@@ -78,6 +78,8 @@ struct Topology {
     server_tls: Arc<rustls::ServerConfig>,
     /// Trusts only the gateways' CA.
     client_tls: Arc<rustls::ClientConfig>,
+    /// Balancers started from now on with VRRP also sync their flow tables (`[dsr]`).
+    sync: bool,
 }
 
 impl Drop for Topology {
@@ -123,6 +125,7 @@ impl Topology {
             dir,
             server_tls: pki.server_config().expect("server TLS config"),
             client_tls: pki.client_config().expect("client TLS config"),
+            sync: false,
         };
         let sw = t.ns("sw");
         if let Err(e) = run(&["ip", "netns", "add", &sw]) {
@@ -292,8 +295,14 @@ socket = "{}/{node}.sock"
             if standby {
                 // A outranks B, so where VRRP runs A is master first.
                 let priority = if node == "la" { 200 } else { 100 };
+                let peer = if node == "la" { LB_B } else { LB_A };
+                let sync = if self.sync {
+                    format!("\n[dsr]\nsync_listen = \"{metrics}:7947\"\nsync_peers = [\"{peer}:7947\"]\n")
+                } else {
+                    String::new()
+                };
                 format!(
-                    "[vip]\naddresses = [\"{VIP}/32\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 51\npriority = {priority}\nadvert_interval_ms = 100\n"
+                    "[vip]\naddresses = [\"{VIP}/32\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 51\npriority = {priority}\nadvert_interval_ms = 100\n{sync}"
                 )
             } else {
                 String::new()
@@ -949,4 +958,75 @@ fn vip_in_arp_cache(ns: &str) -> Option<String> {
     let mut words = out.split_whitespace();
     words.find(|w| *w == "lladdr")?;
     words.next().map(str::to_owned)
+}
+
+/// conntrackd's idea. A client pinned by A's stick table to a gateway other than its Maglev
+/// choice (its gateway was disabled on A for a moment) has a session through A. A hands over
+/// to B, which has never seen the client: without sync B places the session's packets by
+/// Maglev, on another gateway, which resets it; with `[dsr] sync_*` B has A's flow entry and
+/// the session goes on. Both halves run, so the difference is proven.
+#[test]
+fn a_synced_flow_survives_a_hand_over_to_a_node_that_would_place_it_elsewhere() {
+    let Some(mut t) = Topology::new("s") else {
+        return;
+    };
+    let cl = t.ns("cl");
+    for sync in [false, true] {
+        t.sync = sync;
+        let a = t.balancer_with("la", "dsr", LB_A, true);
+        let b = t.balancer_with("lb", "dsr", LB_B, true);
+        if !t.runs_vrrp("la") {
+            eprintln!("SKIP: this build runs no VRRP");
+            return;
+        }
+        wait_active(&t, "la", LB_A);
+        wait_state(&t, "lb", LB_B, false);
+        let client = client_addr(9);
+        let tls = t.client_tls.clone();
+        let maglev = in_ns(&cl, move || {
+            greet(&mut tls_from(client, &tls).expect("connect")).0
+        });
+        let reply = t.admin(
+            "la",
+            &format!(r#"{{"cmd":"disable","backend":"{maglev}"}}"#),
+        );
+        assert!(reply.contains("disabled"), "{reply}");
+        let tls = t.client_tls.clone();
+        let pinned = in_ns(&cl, move || {
+            greet(&mut tls_from(client, &tls).expect("connect")).0
+        });
+        assert_ne!(pinned, maglev, "a disabled gateway gets no new connection");
+        let reply = t.admin("la", &format!(r#"{{"cmd":"enable","backend":"{maglev}"}}"#));
+        assert!(reply.contains("enabled"), "{reply}");
+        let tls = t.client_tls.clone();
+        let (session, on) = in_ns(&cl, move || {
+            let mut s = tls_from(client, &tls).expect("connect");
+            let (gw, _) = greet(&mut s);
+            (s, gw)
+        });
+        assert_eq!(on, pinned, "A keeps the client on its pinned gateway");
+        let session = std::thread::spawn(move || echo_session(session, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(1500));
+        let reply = t.admin("la", r#"{"cmd":"vrrp","action":"demote"}"#);
+        assert!(reply.contains("\"reply\":\"vrrp\""), "{reply}");
+        let (echoes, gap, error) = session.join().unwrap();
+        eprintln!("sync {sync}: maglev {maglev}, pinned {pinned}: {echoes} echoes, longest gap {gap:?}, error {error:?}");
+        let m = scrape(&t.ns("lb"), LB_B);
+        if sync {
+            assert_eq!(error, None, "B kept the session on A's gateway");
+            assert!(gap < Duration::from_millis(1500), "gap {gap:?}");
+            assert!(
+                metric(&m, "portico_dsr_sync_applied_total", "") >= 3.0,
+                "B took A's three flows"
+            );
+        } else {
+            assert!(
+                error.is_some(),
+                "without sync B sends the session to {maglev}, which resets it"
+            );
+            assert_eq!(metric(&m, "portico_dsr_sync_applied_total", ""), 0.0);
+        }
+        t.kill(a);
+        t.kill(b);
+    }
 }

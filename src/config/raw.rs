@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub dns: Option<RawDns>,
     pub metrics: Option<RawMetrics>,
     pub admin: Option<RawAdmin>,
+    pub dsr: Option<RawDsr>,
 }
 
 /// `[node]`
@@ -216,6 +217,14 @@ pub struct RawSoa {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<String>,
+}
+
+/// `[dsr]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDsr {
+    pub sync_listen: Option<String>,
+    pub sync_peers: Option<Vec<String>>,
 }
 
 /// `[admin]`

@@ -27,6 +27,8 @@ pub struct Config {
     pub dns: Option<Dns>,
     pub metrics: Metrics,
     pub admin: Admin,
+    /// `[dsr]`: the flow-table sync between balancer nodes; `None` when not configured.
+    pub dsr_sync: Option<DsrSync>,
 }
 
 impl Config {
@@ -38,6 +40,16 @@ impl Config {
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
     }
+}
+
+/// Flow-table sync for dsr services (conntrackd's idea): the forwarding node sends each new
+/// flow's gateway to its peers, which keep it for when they take over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DsrSync {
+    /// This node's UDP address for sync datagrams (sent from it, received on it).
+    pub listen: SocketAddr,
+    /// The other balancer nodes; datagrams from any other source are dropped.
+    pub peers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -438,6 +438,9 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
         .map(|v| dns(v, &services, vip.as_ref(), &root.key("dns"), r));
     let metrics = metrics(raw.metrics, &root.key("metrics"), r);
     let admin = admin(raw.admin, &root.key("admin"), r);
+    let dsr_sync = raw
+        .dsr
+        .and_then(|d| dsr_sync(d, &services, &root.key("dsr"), r));
     listener_clashes(&services, dns.as_ref(), &metrics, &root, r);
     Config {
         source: source.to_owned(),
@@ -450,6 +453,7 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
         dns,
         metrics,
         admin,
+        dsr_sync,
     }
 }
 
@@ -1888,6 +1892,73 @@ fn admin(raw: Option<RawAdmin>, p: &FieldPath, r: &mut Report<'_>) -> Admin {
     Admin {
         socket: PathBuf::from(socket),
     }
+}
+
+fn dsr_sync(
+    raw: RawDsr,
+    services: &[Service],
+    p: &FieldPath,
+    r: &mut Report<'_>,
+) -> Option<DsrSync> {
+    let lp = p.key("sync_listen");
+    let pp = p.key("sync_peers");
+    let (listen_text, peers_text) = match (raw.sync_listen, raw.sync_peers) {
+        (None, None) => return None,
+        (Some(_), None) => {
+            r.error(
+                &lp,
+                "sync_listen without sync_peers: name the other balancer nodes' sync addresses",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            r.error(
+                &pp,
+                "sync_peers without sync_listen: give this node's own sync address (IP:port)",
+            );
+            return None;
+        }
+        (Some(l), Some(ps)) => (l, ps),
+    };
+    let listen = r.socket_addr(&lp, &listen_text);
+    if let Some(addr) = listen {
+        if addr.ip().is_unspecified() {
+            r.error(
+                &lp,
+                format!("{addr}: give this node's own address on the sync link, not a wildcard (peers check the source of what they receive)"),
+            );
+        }
+    }
+    if peers_text.is_empty() {
+        r.error(&pp, "must name at least one peer");
+    }
+    let mut peers: Vec<SocketAddr> = Vec::new();
+    for (i, text) in peers_text.iter().enumerate() {
+        let path = pp.index(i);
+        let Some(addr) = r.socket_addr(&path, text) else {
+            continue;
+        };
+        if peers.contains(&addr) {
+            r.error(&path, format!("{addr} is listed twice"));
+        } else if Some(addr) == listen {
+            r.error(&path, format!("{addr} is this node's own sync_listen"));
+        } else if listen.is_some_and(|l| l.is_ipv4() != addr.is_ipv4()) {
+            r.error(
+                &path,
+                format!("{addr}: not the address family of sync_listen"),
+            );
+        } else {
+            peers.push(addr);
+        }
+    }
+    if !services.iter().any(|s| s.forwarding == Forwarding::Dsr) {
+        r.warn(
+            p,
+            "no service has forwarding = \"dsr\": the flow-table sync has nothing to carry",
+        );
+    }
+    let listen = listen?;
+    (!peers.is_empty()).then_some(DsrSync { listen, peers })
 }
 
 /// Two listeners clash when they bind the same protocol and port on overlapping addresses:

@@ -23,6 +23,7 @@ use super::arp::{self, Op};
 use super::flow::FlowTable;
 use super::metrics::DsrMetrics;
 use super::packet::{classify, rewrite_macs, Class, DropReason, FiveTuple, Mac, Target};
+use super::sync::SyncEntry;
 use crate::affinity::ClientKey;
 use crate::snapshot::{BackendId, Choice, Snapshot};
 
@@ -31,6 +32,9 @@ const RESOLVE_EVERY_MS: u64 = 1000;
 /// A flow refreshes its client's stick entry this often, so a client whose only traffic is one
 /// long-lived flow does not lose its pin (and its next flow's backend) to the idle timeout.
 const STICK_REFRESH_MS: u64 = 60_000;
+/// Placed flows waiting for the sync sender at most; beyond, new ones are counted and dropped
+/// (the sender drains the queue every loop turn, so only a stalled sender fills it).
+const SYNC_QUEUE_MAX: usize = 16_384;
 /// Known MACs are re-asked this often, so a replaced gateway NIC is noticed.
 const REFRESH_EVERY_MS: u64 = 30_000;
 
@@ -76,6 +80,8 @@ pub struct Engine {
     metrics: DsrMetrics,
     generation: Option<u64>,
     handles: Vec<Option<ServiceHandles>>,
+    /// Flows placed since the sync sender last ran; `None` without sync.
+    sync_out: Option<Vec<SyncEntry>>,
 }
 
 impl Engine {
@@ -99,6 +105,7 @@ impl Engine {
             metrics,
             generation: None,
             handles,
+            sync_out: None,
         }
     }
 
@@ -247,7 +254,49 @@ impl Engine {
         Some(arp::gratuitous(out, *vip, self.vip_mac(*vip)))
     }
 
-    /// A new term as master: flows from an earlier term may point anywhere now.
+    /// Queues every flow placed from now on for the sync peers ([`Engine::sync_queue`]).
+    pub fn enable_sync(&mut self) {
+        self.sync_out.get_or_insert_with(Vec::new);
+    }
+
+    /// The flows placed since the queue was last emptied (the caller sends and clears it).
+    pub fn sync_queue(&mut self) -> Option<&mut Vec<SyncEntry>> {
+        self.sync_out.as_mut()
+    }
+
+    /// Places a flow a peer reported: its gateway, found by address in the pool of the
+    /// service it is for. False when this node has no such service or gateway (a config
+    /// mismatch between the nodes, or a reload in between).
+    pub fn apply_synced(&mut self, snap: &Snapshot, e: &SyncEntry, now_ms: u64) -> bool {
+        self.sync(snap);
+        let Some(t) = self.targets.iter().find(|t| {
+            t.vip == IpAddr::V4(e.vip) && t.port == e.vip_port && t.protocol == e.protocol
+        }) else {
+            return false;
+        };
+        let Some(pool) = self
+            .handles
+            .get(t.service)
+            .and_then(Option::as_ref)
+            .and_then(|h| snap.services.get(h.index))
+            .and_then(|svc| snap.pools.get(svc.pool))
+        else {
+            return false;
+        };
+        let Some(b) = pool
+            .backends
+            .iter()
+            .find(|b| b.address == IpAddr::V4(e.gateway))
+        else {
+            return false;
+        };
+        self.flows.insert(e.tuple(), b.id, now_ms);
+        self.metrics.flows.set(self.flows.len() as i64);
+        true
+    }
+
+    /// Empties the flow table: when this node stops forwarding, its flows go stale (the next
+    /// master places new ones); what a peer syncs to it from then on is kept for its next term.
     pub fn reset_flows(&mut self) {
         self.flows.clear();
         self.metrics.flows.set(0);
@@ -376,6 +425,13 @@ impl Engine {
                     svc.group.table.insert(choice.key, id, now);
                 }
                 self.flows.insert(*tuple, id, now_ms);
+                if let (Some(q), Some(b)) = (self.sync_out.as_mut(), pool.backends.get(i)) {
+                    if q.len() < SYNC_QUEUE_MAX {
+                        q.extend(SyncEntry::new(tuple, b.address));
+                    } else {
+                        self.metrics.sync_error("overflow");
+                    }
+                }
                 i
             }
         };

@@ -18,7 +18,8 @@
 //! The forwarder runs whether or not this node is master, and forwards only while its
 //! *active* flag is set ([`Forwarder::set_active`], for VRRP to drive): inactive, it reads and
 //! discards (so its socket buffer never holds stale frames for a later term) and answers no
-//! ARP. Becoming active clears the flow table and announces every VIP with gratuitous ARP.
+//! ARP. Becoming active announces every VIP with gratuitous ARP; becoming inactive clears the
+//! flow table (what a `[dsr]` sync peer sends afterwards is kept for the next term).
 
 use std::ffi::CString;
 use std::io;
@@ -38,7 +39,8 @@ use super::engine::{Action, Engine};
 use super::flow::FlowTable;
 use super::metrics::DsrMetrics;
 use super::packet::{vrrp_virtual_mac, DropReason, Mac, Target};
-use crate::config::{Config, Forwarding, VipMode};
+use super::sync;
+use crate::config::{Config, DsrSync, Forwarding, VipMode};
 use crate::snapshot::Snapshot;
 
 /// Frames per batch (`sendmmsg`, and `recvmmsg` on the fallback path).
@@ -75,6 +77,8 @@ pub struct ForwarderConfig {
     pub flow_idle: Duration,
     /// VIPs of VRRP groups and their group's virtual MAC, which they answer ARP with.
     pub vip_macs: Vec<(Ipv4Addr, Mac)>,
+    /// `[dsr] sync_*`: flow-table sync with the other balancer nodes.
+    pub sync: Option<DsrSync>,
 }
 
 impl ForwarderConfig {
@@ -129,6 +133,7 @@ impl ForwarderConfig {
             max_flows,
             flow_idle,
             vip_macs,
+            sync: config.dsr_sync.clone(),
         }))
     }
 }
@@ -194,13 +199,27 @@ impl Forwarder {
         for (vip, vmac) in &cfg.vip_macs {
             engine.set_vip_mac(*vip, *vmac);
         }
+        let sync_link = match &cfg.sync {
+            Some(sc) => {
+                let link = SyncLink::bind(sc)
+                    .with_context(|| format!("dsr: binding the sync socket {}", sc.listen))?;
+                engine.enable_sync();
+                info!(listen = %sc.listen, peers = ?sc.peers, "dsr: flow-table sync on");
+                Some(link)
+            }
+            None => None,
+        };
         let active_flag = Arc::new(AtomicBool::new(active));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (active, stop, iface) = (active_flag.clone(), stop.clone(), iface.clone());
             std::thread::Builder::new()
                 .name("portico-dsr".into())
-                .spawn(move || run(sock, engine, snapshot, metrics, active, stop, iface))
+                .spawn(move || {
+                    run(
+                        sock, sync_link, engine, snapshot, metrics, active, stop, iface,
+                    )
+                })
                 .context("starting the dsr thread")?
         };
         let virtual_macs: Vec<String> = cfg
@@ -271,8 +290,10 @@ pub fn start_for(
 }
 
 /// The thread's loop.
+#[allow(clippy::too_many_arguments)]
 fn run(
     mut sock: PacketSocket,
+    mut sync_link: Option<SyncLink>,
     mut engine: Engine,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: DsrMetrics,
@@ -316,13 +337,15 @@ fn run(
             was_active = is_active;
             metrics.active.set(i64::from(is_active));
             if is_active {
-                info!(interface = %iface, "dsr: forwarding (master)");
-                engine.reset_flows();
+                // The table holds what a sync peer sent during the backup term (nothing
+                // without sync): kept, it carries those flows across the hand-over.
+                info!(interface = %iface, flows = engine.flows().len(), "dsr: forwarding (master)");
                 announce_at = std::iter::once(now)
                     .chain(ANNOUNCE_AGAIN.iter().map(|d| now + *d))
                     .collect();
             } else {
                 info!(interface = %iface, "dsr: not forwarding (backup)");
+                engine.reset_flows();
                 announce_at.clear();
             }
         }
@@ -380,6 +403,14 @@ fn run(
                 announce_at.push(now + ANNOUNCE_REFRESH);
             }
         }
+        if let Some(link) = sync_link.as_mut() {
+            if is_active {
+                link.send_due(&mut engine, now, &metrics);
+            } else if let Some(q) = engine.sync_queue() {
+                q.clear();
+            }
+            link.receive(&mut engine, &snapshot, is_active, now_ms, &metrics);
+        }
         if now >= next_housekeeping {
             next_housekeeping = now + HOUSEKEEPING_EVERY;
             engine.sync(&snapshot.load());
@@ -400,6 +431,99 @@ fn run(
         }
     }
     metrics.active.set(0);
+}
+
+/// Placed flows are sent to the peers at least this often (sooner when a datagram is full):
+/// a flow is covered from a tenth of a second after its first packet.
+const SYNC_EVERY: Duration = Duration::from_millis(100);
+/// Datagrams read per loop turn at most, so a flood on the sync port cannot stall forwarding.
+const SYNC_READ_MAX: usize = 64;
+
+/// The sync socket and its peers.
+struct SyncLink {
+    sock: std::net::UdpSocket,
+    peers: Vec<std::net::SocketAddr>,
+    buf: Vec<u8>,
+    last_sent: Instant,
+}
+
+impl SyncLink {
+    fn bind(cfg: &DsrSync) -> io::Result<SyncLink> {
+        let sock = std::net::UdpSocket::bind(cfg.listen)?;
+        sock.set_nonblocking(true)?;
+        Ok(SyncLink {
+            sock,
+            peers: cfg.peers.clone(),
+            // Room for a whole datagram of any size, so an oversized one is read (and
+            // refused) whole rather than cut to look valid.
+            buf: vec![0u8; 65_536],
+            last_sent: Instant::now(),
+        })
+    }
+
+    /// Sends the placed flows to every peer once a datagram is full or [`SYNC_EVERY`] passed.
+    fn send_due(&mut self, engine: &mut Engine, now: Instant, metrics: &DsrMetrics) {
+        let Some(queue) = engine.sync_queue() else {
+            return;
+        };
+        if queue.is_empty()
+            || (queue.len() < sync::MAX_ENTRIES && now < self.last_sent + SYNC_EVERY)
+        {
+            return;
+        }
+        self.last_sent = now;
+        for chunk in queue.chunks(sync::MAX_ENTRIES) {
+            let (len, n) = sync::encode(chunk, &mut self.buf);
+            for peer in &self.peers {
+                match self.sock.send_to(self.buf.get(..len).unwrap_or(&[]), peer) {
+                    Ok(_) => metrics.sync_sent.inc_by(n as u64),
+                    Err(_) => metrics
+                        .sync_errors
+                        .with_label_values(&["send_failed"])
+                        .inc_by(n as u64),
+                }
+            }
+        }
+        queue.clear();
+    }
+
+    /// Reads what the peers sent; a backup places the flows, a master (whose own placements
+    /// rule) drops them.
+    fn receive(
+        &mut self,
+        engine: &mut Engine,
+        snapshot: &ArcSwap<Snapshot>,
+        is_active: bool,
+        now_ms: u64,
+        metrics: &DsrMetrics,
+    ) {
+        for _ in 0..SYNC_READ_MAX {
+            let (n, from) = match self.sock.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            if !self.peers.iter().any(|p| p.ip() == from.ip()) {
+                metrics.sync_error("not_peer");
+                continue;
+            }
+            let datagram = self.buf.get(..n).unwrap_or(&[]);
+            if let Err(e) = sync::check(datagram) {
+                metrics.sync_error(e.as_str());
+                continue;
+            }
+            if is_active {
+                continue;
+            }
+            let snap = snapshot.load();
+            for e in sync::entries(datagram) {
+                if engine.apply_synced(&snap, &e, now_ms) {
+                    metrics.sync_applied.inc();
+                } else {
+                    metrics.sync_error("unknown_flow");
+                }
+            }
+        }
+    }
 }
 
 /// How the forwarder reads frames: a TPACKET_V3 ring (default) or `recvmmsg` into its own

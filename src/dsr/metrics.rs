@@ -8,7 +8,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use super::packet::DropReason;
 use crate::metrics::{
     DSR_ACTIVE, DSR_ARP_REPLIES, DSR_BYTES, DSR_DROPS, DSR_FLOWS, DSR_FLOW_MISSES, DSR_PACKETS,
-    DSR_PASSED,
+    DSR_PASSED, DSR_SYNC_APPLIED, DSR_SYNC_ERRORS, DSR_SYNC_SENT,
 };
 
 #[derive(Clone)]
@@ -22,6 +22,12 @@ pub struct DsrMetrics {
     pub passed: IntCounter,
     pub arp_replies: IntCounter,
     pub active: IntGauge,
+    /// Flow entries sent to the sync peers (once per peer).
+    pub sync_sent: IntCounter,
+    /// Flow entries from a peer placed in the flow table.
+    pub sync_applied: IntCounter,
+    /// Sync datagrams or entries not used, by reason.
+    pub sync_errors: IntCounterVec,
 }
 
 impl DsrMetrics {
@@ -62,6 +68,21 @@ impl DsrMetrics {
             "ARP replies sent for dsr VIPs (and gratuitous announcements).",
         )?;
         let active = IntGauge::new(DSR_ACTIVE, "1 while the dsr forwarder is forwarding.")?;
+        let sync_sent = IntCounter::new(
+            DSR_SYNC_SENT,
+            "Flow entries sent to the dsr sync peers (counted once per peer).",
+        )?;
+        let sync_applied = IntCounter::new(
+            DSR_SYNC_APPLIED,
+            "Flow entries received from a dsr sync peer and placed in the flow table.",
+        )?;
+        let sync_errors = IntCounterVec::new(
+            Opts::new(
+                DSR_SYNC_ERRORS,
+                "dsr sync datagrams dropped (magic, length, protocol, not_peer) and entries not used (unknown_flow, overflow, send_failed).",
+            ),
+            &["reason"],
+        )?;
         reg.register(Box::new(packets.clone()))?;
         reg.register(Box::new(bytes.clone()))?;
         reg.register(Box::new(flows.clone()))?;
@@ -70,6 +91,9 @@ impl DsrMetrics {
         reg.register(Box::new(passed.clone()))?;
         reg.register(Box::new(arp_replies.clone()))?;
         reg.register(Box::new(active.clone()))?;
+        reg.register(Box::new(sync_sent.clone()))?;
+        reg.register(Box::new(sync_applied.clone()))?;
+        reg.register(Box::new(sync_errors.clone()))?;
         let drops = DropReason::ALL
             .iter()
             .map(|r| drop_vec.with_label_values(&[r.as_str()]))
@@ -83,7 +107,14 @@ impl DsrMetrics {
             passed,
             arp_replies,
             active,
+            sync_sent,
+            sync_applied,
+            sync_errors,
         })
+    }
+
+    pub fn sync_error(&self, reason: &str) {
+        self.sync_errors.with_label_values(&[reason]).inc();
     }
 
     pub fn drop(&self, reason: DropReason) {

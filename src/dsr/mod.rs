@@ -8,6 +8,7 @@
 //! - [`flow`]: the bounded flow table (pure).
 //! - [`engine`]: the per-frame decision over the snapshot (no sockets).
 //! - [`forwarder`]: the AF_PACKET socket, its thread, start/stop and the active flag.
+//! - [`sync`]: the flow-table sync datagram between balancer nodes (pure).
 //! - [`metrics`]: the `portico_dsr_*` families.
 //!
 //! # Why the VIP is not a local address here
@@ -30,3 +31,4 @@ pub mod flow;
 pub mod forwarder;
 pub mod metrics;
 pub mod packet;
+pub mod sync;

@@ -123,6 +123,7 @@ pub fn config(backends: &[(&str, SocketAddr, u32)]) -> Config {
         admin: Admin {
             socket: PathBuf::from("/nonexistent/admin.sock"),
         },
+        dsr_sync: None,
     }
 }
 
