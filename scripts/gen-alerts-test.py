@@ -267,6 +267,58 @@ tests = [
             ),
         ],
     ),
+    case(
+        "PorticoDsrNoForwarder: both nodes stop forwarding",
+        {
+            f'portico_dsr_active{{{L1}}}': "1 1 0x20",
+            'portico_dsr_active{instance="lb2"}': "0x22",
+        },
+        [
+            ("15s", "PorticoDsrNoForwarder", []),
+            ("2m", "PorticoDsrNoForwarder", [firing("PorticoDsrNoForwarder", {})]),
+        ],
+    ),
+    case(
+        "PorticoDsrTwoForwarders: both nodes forward",
+        {
+            f'portico_dsr_active{{{L1}}}': "1x20",
+            'portico_dsr_active{instance="lb2"}': "0 0 0 1x20",
+        },
+        [
+            ("30s", "PorticoDsrTwoForwarders", []),
+            ("2m", "PorticoDsrTwoForwarders", [firing("PorticoDsrTwoForwarders", {})]),
+        ],
+    ),
+    case(
+        "PorticoDsrDropping: no-neighbour drops for 5 minutes; malformed frames are not alerted",
+        {
+            f'portico_dsr_drops_total{{{L1},reason="no-neighbour"}}': "0+300x60",
+            f'portico_dsr_drops_total{{{L1},reason="truncated"}}': "0+300x60",
+        },
+        [
+            ("2m", "PorticoDsrDropping", []),
+            (
+                "8m",
+                "PorticoDsrDropping",
+                [firing("PorticoDsrDropping", {"instance": "lb1", "reason": "no-neighbour"})],
+            ),
+        ],
+    ),
+    case(
+        "PorticoDsrSyncErrors: datagrams from a stranger for 10 minutes",
+        {
+            f'portico_dsr_sync_errors_total{{{L1},reason="not_peer"}}': "0+10x80",
+            f'portico_dsr_sync_errors_total{{{L1},reason="magic"}}': "0x80",
+        },
+        [
+            ("5m", "PorticoDsrSyncErrors", []),
+            (
+                "16m",
+                "PorticoDsrSyncErrors",
+                [firing("PorticoDsrSyncErrors", {"instance": "lb1", "reason": "not_peer"})],
+            ),
+        ],
+    ),
 ]
 
 covered = {t["alertname"] for c in tests for t in c["alert_rule_test"] if t["exp_alerts"]}

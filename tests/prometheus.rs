@@ -1,4 +1,5 @@
-//! The dashboard and the alert rules against a real Prometheus scraping a real `portico lab`:
+//! The dashboard and the alert rules against a real Prometheus scraping a real `portico lab`
+//! and a VRRP node (with a dsr service and flow sync) in a network namespace:
 //! every PromQL expression in dashboards/portico.json must return at least one series (no dead
 //! panel, no misspelled metric or label), every variable query must find values, the alert rules
 //! must load and evaluate without error in that Prometheus, and promtool's checks and unit
@@ -87,7 +88,7 @@ impl VrrpNode {
         std::fs::write(
             &cfg,
             format!(
-                "[node]\nname = \"lb-vrrp\"\ninterface = \"v0\"\n\n[vip]\naddresses = [\"10.200.98.100/24\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 98\npriority = 150\nadvert_interval_ms = 100\n\n[[service]]\nname = \"rdgw-https\"\nlisten = \"10.200.98.100:443\"\npool = \"gateways\"\n\n[pool.gateways]\nbackends = [ {{ name = \"ns-gw\", address = \"10.200.98.1:8443\" }} ]\n\n[pool.gateways.health]\nchecks = [\"tcp\"]\ninterval_ms = 1000\ntimeout_ms = 300\n\n[metrics]\nlisten = \"127.0.0.1:9470\"\n\n[admin]\nsocket = \"{}\"\n",
+                "[node]\nname = \"lb-vrrp\"\ninterface = \"v0\"\n\n[vip]\naddresses = [\"10.200.98.100/24\", \"10.200.98.101/24\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 98\npriority = 150\nadvert_interval_ms = 100\n\n[[service]]\nname = \"rdgw-https\"\nlisten = \"10.200.98.100:443\"\npool = \"gateways\"\n\n[[service]]\nname = \"rdgw-dsr\"\nlisten = \"10.200.98.101:3391\"\nprotocol = \"udp\"\npool = \"dsr-gateways\"\nforwarding = \"dsr\"\n\n[pool.gateways]\nbackends = [ {{ name = \"ns-gw\", address = \"10.200.98.1:8443\" }} ]\n\n[pool.gateways.health]\nchecks = [\"tcp\"]\ninterval_ms = 1000\ntimeout_ms = 300\n\n[pool.dsr-gateways]\nbackends = [ {{ name = \"ns-dsr-gw\", address = \"10.200.98.1\" }} ]\n\n[pool.dsr-gateways.health]\nchecks = [\"tcp\"]\ninterval_ms = 1000\ntimeout_ms = 300\n\n[dsr]\nsync_listen = \"10.200.98.1:7947\"\nsync_peers = [\"10.200.98.2:7947\"]\n\n[metrics]\nlisten = \"127.0.0.1:9470\"\n\n[admin]\nsocket = \"{}\"\n",
                 dir.join("vrrp-node.sock").display()
             ),
         )
@@ -117,6 +118,8 @@ impl VrrpNode {
         // A healthy gateway for it, inside its namespace: its pool serves, so no
         // "no healthy gateway" alert is expected from this node.
         serve_in(&netns, "10.200.98.1:8443".parse().unwrap());
+        // The dsr pool's gateway, for its probe: a pool only UDP services use is probed on 443.
+        serve_in(&netns, "10.200.98.1:443".parse().unwrap());
         n.metrics = bridge(&netns, "127.0.0.1:9470".parse().unwrap());
         Some(n)
     }

@@ -128,8 +128,11 @@ pub struct ServiceStatus {
     pub protocol: String,
     /// As configured.
     pub listen: String,
-    /// As bound (`None`: configured but not listening).
+    /// As bound (`None`: configured but not listening, or a dsr service, which has no socket).
     pub bound: Option<String>,
+    /// `proxy` or `dsr` (empty from a daemon that predates the field).
+    #[serde(default)]
+    pub forwarding: String,
     pub pool: String,
     pub active_connections: i64,
     pub udp_flows: i64,

@@ -23,6 +23,12 @@ pub fn build(node: &Node) -> Status {
                 .iter()
                 .find(|l| l.name == *s.name)
                 .map(|l| l.addr.to_string()),
+            forwarding: config
+                .services
+                .iter()
+                .find(|c| c.name == *s.name)
+                .map(|c| c.forwarding.as_str().to_string())
+                .unwrap_or_default(),
             pool: snap
                 .pools
                 .get(s.pool)

@@ -240,7 +240,12 @@ pub fn render_status(s: &Status) -> String {
             v.name.clone(),
             v.protocol.clone(),
             v.listen.clone(),
-            v.bound.clone().unwrap_or_else(|| "NOT LISTENING".into()),
+            match (&v.bound, v.forwarding.as_str()) {
+                (Some(b), _) => b.clone(),
+                // No socket by design: the forwarder reads the VIP's frames off the interface.
+                (None, "dsr") => "dsr (frames)".into(),
+                (None, _) => "NOT LISTENING".into(),
+            },
             v.pool.clone(),
             v.active_connections.to_string(),
             if v.protocol == "udp" {
@@ -346,15 +351,28 @@ mod tests {
             generation: 7,
             uptime_s: 125.0,
             vrrp: None,
-            services: vec![ServiceStatus {
-                name: "rdgw-https".into(),
-                protocol: "tcp".into(),
-                listen: "192.0.2.10:443".into(),
-                bound: Some("192.0.2.10:443".into()),
-                pool: "gateways".into(),
-                active_connections: 12,
-                udp_flows: 0,
-            }],
+            services: vec![
+                ServiceStatus {
+                    name: "rdgw-https".into(),
+                    protocol: "tcp".into(),
+                    listen: "192.0.2.10:443".into(),
+                    bound: Some("192.0.2.10:443".into()),
+                    forwarding: "proxy".into(),
+                    pool: "gateways".into(),
+                    active_connections: 12,
+                    udp_flows: 0,
+                },
+                ServiceStatus {
+                    name: "rdgw-dsr".into(),
+                    protocol: "udp".into(),
+                    listen: "192.0.2.11:3391".into(),
+                    bound: None,
+                    forwarding: "dsr".into(),
+                    pool: "gateways".into(),
+                    active_connections: 0,
+                    udp_flows: 0,
+                },
+            ],
             backends: vec![
                 BackendStatus {
                     pool: "gateways".into(),
@@ -398,6 +416,11 @@ mod tests {
         assert!(t.contains("vrrp not configured"), "{t}");
         assert!(t.contains("rdg-token healthy 1.2s ago"), "{t}");
         assert!(t.contains("token-rejected (rdg-token)"), "{t}");
+        // A dsr service has no socket by design: not reported as a listener that failed.
+        assert!(
+            t.contains("dsr (frames)") && !t.contains("NOT LISTENING"),
+            "{t}"
+        );
         // Columns line up: ADMIN starts at the same offset on the header and both rows.
         let col = |needle: &str| {
             t.lines()

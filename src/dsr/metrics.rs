@@ -94,6 +94,15 @@ impl DsrMetrics {
         reg.register(Box::new(sync_sent.clone()))?;
         reg.register(Box::new(sync_applied.clone()))?;
         reg.register(Box::new(sync_errors.clone()))?;
+        // Every reason's series exists from the start (at 0), so dashboards and alerts see
+        // "no errors" rather than "no data".
+        for reason in super::sync::SyncError::ALL
+            .iter()
+            .map(|e| e.as_str())
+            .chain(["not_peer", "unknown_flow", "overflow", "send_failed"])
+        {
+            sync_errors.with_label_values(&[reason]);
+        }
         let drops = DropReason::ALL
             .iter()
             .map(|r| drop_vec.with_label_values(&[r.as_str()]))
