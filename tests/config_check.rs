@@ -59,6 +59,14 @@ const BROKEN: &[Case] = &[
         ],
     ),
     (
+        "broken-dsr-vip-group.toml",
+        &[(
+            18,
+            "service[0].listen",
+            "is in VIP group 2 (vrid 52), but the dsr forwarder follows the first group's VRRP instance (vrid 51)",
+        )],
+    ),
+    (
         "broken-unknown-field.toml",
         &[(
             7,

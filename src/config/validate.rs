@@ -432,6 +432,7 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
     let services = services(raw.service, pool_names.as_ref(), &root.key("service"), r);
     let pools = pools(raw.pool, &services, &root.key("pool"), r);
     dsr_checks(&node, &services, &pools, &root, r);
+    dsr_vip_groups(&services, vip.iter().chain(vip_more.iter()), &root, r);
     let balancer = balancer(raw.balancer, &root.key("balancer"), r);
     let dns = raw
         .dns
@@ -1891,6 +1892,46 @@ fn admin(raw: Option<RawAdmin>, p: &FieldPath, r: &mut Report<'_>) -> Admin {
     }
     Admin {
         socket: PathBuf::from(socket),
+    }
+}
+
+/// The dsr forwarder follows one VRRP instance, the first group's (`daemon::follow_mastership`):
+/// a dsr VIP in a later group would be forwarded while this node is master of the *first*
+/// group, which in an active/active pair is the other node's VIP. Refused rather than
+/// half-working.
+fn dsr_vip_groups<'a>(
+    services: &[Service],
+    groups: impl Iterator<Item = &'a Vip>,
+    root: &FieldPath,
+    r: &mut Report<'_>,
+) {
+    let groups: Vec<&Vip> = groups.collect();
+    let vrid = |g: &Vip| match &g.mode {
+        VipMode::Vrrp(v) => Some(v.vrid),
+        VipMode::Standalone => None,
+    };
+    let Some(first_vrid) = groups.first().and_then(|g| vrid(g)) else {
+        return;
+    };
+    for (i, s) in services.iter().enumerate() {
+        if s.forwarding != Forwarding::Dsr {
+            continue;
+        }
+        let ip = s.listen.ip();
+        let Some((n, g)) = groups
+            .iter()
+            .enumerate()
+            .find(|(_, g)| g.addresses.iter().any(|a| a.addr == ip))
+        else {
+            continue;
+        };
+        if n > 0 {
+            let theirs = vrid(g).map_or("standalone".to_string(), |v| format!("vrid {v}"));
+            r.error(
+                &root.key("service").index(i).key("listen"),
+                format!("dsr VIP {ip} is in VIP group {} ({theirs}), but the dsr forwarder follows the first group's VRRP instance (vrid {first_vrid}): move dsr VIPs to the first group", n + 1),
+            );
+        }
     }
 }
 
