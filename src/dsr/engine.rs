@@ -264,6 +264,31 @@ impl Engine {
         self.sync_out.as_mut()
     }
 
+    /// Every flow seen at or after `since_ms`, as sync entries (the periodic full sync, so a
+    /// peer that restarted or missed a datagram learns the flows that are still going).
+    pub fn recent_flows(&mut self, snap: &Snapshot, since_ms: u64) -> Vec<SyncEntry> {
+        self.sync(snap);
+        let mut out = Vec::new();
+        let (targets, handles) = (&self.targets, &self.handles);
+        self.flows.for_each_recent(since_ms, |tuple, id| {
+            let Some(t) = targets.iter().find(|t| {
+                t.vip == tuple.dst && t.port == tuple.dst_port && t.protocol == tuple.protocol
+            }) else {
+                return;
+            };
+            let backend = handles
+                .get(t.service)
+                .and_then(Option::as_ref)
+                .and_then(|h| snap.services.get(h.index))
+                .and_then(|svc| snap.pools.get(svc.pool))
+                .and_then(|pool| pool.index_of(id).and_then(|i| pool.backends.get(i)));
+            if let Some(b) = backend {
+                out.extend(SyncEntry::new(tuple, b.address));
+            }
+        });
+        out
+    }
+
     /// Places a flow a peer reported: its gateway, found by address in the pool of the
     /// service it is for. False when this node has no such service or gateway (a config
     /// mismatch between the nodes, or a reload in between).
@@ -760,6 +785,54 @@ backends = [
         assert_eq!(
             e.handle(&snap, &mut f, &mut out, Instant::now(), 1),
             Action::Pass
+        );
+    }
+
+    #[test]
+    fn placed_flows_are_queued_for_sync_and_applied_by_a_peer() {
+        let (c, mut a, _) = setup();
+        a.enable_sync();
+        let gw = send(&c, &mut a, client(7), 40000, Protocol::Tcp, 443).unwrap();
+        send(&c, &mut a, client(7), 40000, Protocol::Tcp, 443).unwrap();
+        let queued: Vec<SyncEntry> = a.sync_queue().unwrap().drain(..).collect();
+        assert_eq!(queued.len(), 1, "a flow is queued once, when it is placed");
+        let e = queued[0];
+        assert_eq!(
+            (e.client, e.client_port, e.vip, e.vip_port),
+            (client(7), 40000, VIP, 443)
+        );
+        let snap = c.snapshot().load_full();
+        assert_eq!(
+            a.recent_flows(&snap, 0),
+            queued,
+            "the full sync names the same flow"
+        );
+        assert!(a.recent_flows(&snap, 5000).is_empty(), "not seen since 5 s");
+
+        // The peer, told the flow is on another gateway than its own choice, follows the sync.
+        let (_, mut b, _) = setup();
+        let other = (1..=3u8)
+            .map(|i| Ipv4Addr::new(10, 200, 0, 10 + i))
+            .find(|ip| b.neighbour(*ip) != Some(gw))
+            .unwrap();
+        let moved = SyncEntry {
+            gateway: other,
+            ..e
+        };
+        assert!(b.apply_synced(&snap, &moved, 1000));
+        let landed = send(&c, &mut b, client(7), 40000, Protocol::Tcp, 443).unwrap();
+        assert_eq!(
+            Some(landed),
+            b.neighbour(other),
+            "the synced flow wins over Maglev"
+        );
+        let unknown = SyncEntry {
+            vip_port: 8443,
+            ..e
+        };
+        assert!(
+            !b.apply_synced(&snap, &unknown, 1000),
+            "no such service here"
         );
     }
 

@@ -7,9 +7,10 @@
 //! that eviction can start before the table as a whole is full (a crowded bucket); with four
 //! ways that happens only near the cap.
 //!
-//! The table is local to one forwarder thread (no lock). It only keeps flows where they are
-//! while the backend set changes: after a hand-over the new master starts empty and Maglev
-//! gives the same backend anyway while the set is unchanged (docs/dsr.md).
+//! The table is local to one forwarder thread (no lock). It keeps flows where they are while
+//! the backend set changes. After a hand-over the new master holds what its peer synced to it
+//! (`[dsr] sync_*`), else nothing, and Maglev gives the same backend anyway while the set is
+//! unchanged (docs/dsr.md).
 
 use std::hash::{BuildHasher, RandomState};
 
@@ -180,7 +181,17 @@ impl FlowTable {
         n
     }
 
-    /// Forgets every flow (a new master must not keep a table from a previous term).
+    /// Calls `f` with every flow seen at or after `since_ms` (a housekeeping pass: the
+    /// periodic full sync to the peers).
+    pub fn for_each_recent(&self, since_ms: u64, mut f: impl FnMut(&FiveTuple, BackendId)) {
+        for s in self.slots.iter().flatten() {
+            if s.last_ms >= since_ms {
+                f(&s.tuple, s.backend);
+            }
+        }
+    }
+
+    /// Forgets every flow (a node that stops forwarding: its flows go stale).
     pub fn clear(&mut self) {
         self.slots.iter_mut().for_each(|s| *s = None);
         self.len = 0;

@@ -39,7 +39,7 @@ use super::engine::{Action, Engine};
 use super::flow::FlowTable;
 use super::metrics::DsrMetrics;
 use super::packet::{vrrp_virtual_mac, DropReason, Mac, Target};
-use super::sync;
+use super::sync::{self, SyncEntry};
 use crate::config::{Config, DsrSync, Forwarding, VipMode};
 use crate::snapshot::Snapshot;
 
@@ -405,7 +405,7 @@ fn run(
         }
         if let Some(link) = sync_link.as_mut() {
             if is_active {
-                link.send_due(&mut engine, now, &metrics);
+                link.send_due(&mut engine, &snapshot, now, now_ms, &metrics);
             } else if let Some(q) = engine.sync_queue() {
                 q.clear();
             }
@@ -436,6 +436,9 @@ fn run(
 /// Placed flows are sent to the peers at least this often (sooner when a datagram is full):
 /// a flow is covered from a tenth of a second after its first packet.
 const SYNC_EVERY: Duration = Duration::from_millis(100);
+/// The forwarding node re-sends every flow seen within this period this often, so a peer that
+/// restarted (or lost a datagram) learns the flows that are still going.
+const SYNC_FULL_EVERY: Duration = Duration::from_secs(30);
 /// Datagrams read per loop turn at most, so a flood on the sync port cannot stall forwarding.
 const SYNC_READ_MAX: usize = 64;
 
@@ -445,6 +448,7 @@ struct SyncLink {
     peers: Vec<std::net::SocketAddr>,
     buf: Vec<u8>,
     last_sent: Instant,
+    next_full: Instant,
 }
 
 impl SyncLink {
@@ -458,11 +462,26 @@ impl SyncLink {
             // refused) whole rather than cut to look valid.
             buf: vec![0u8; 65_536],
             last_sent: Instant::now(),
+            next_full: Instant::now() + SYNC_FULL_EVERY,
         })
     }
 
-    /// Sends the placed flows to every peer once a datagram is full or [`SYNC_EVERY`] passed.
-    fn send_due(&mut self, engine: &mut Engine, now: Instant, metrics: &DsrMetrics) {
+    /// Sends the placed flows to every peer once a datagram is full or [`SYNC_EVERY`] passed,
+    /// and every flow still going each [`SYNC_FULL_EVERY`].
+    fn send_due(
+        &mut self,
+        engine: &mut Engine,
+        snapshot: &ArcSwap<Snapshot>,
+        now: Instant,
+        now_ms: u64,
+        metrics: &DsrMetrics,
+    ) {
+        if now >= self.next_full {
+            self.next_full = now + SYNC_FULL_EVERY;
+            let since = now_ms.saturating_sub(SYNC_FULL_EVERY.as_millis() as u64);
+            let all = engine.recent_flows(&snapshot.load(), since);
+            self.send(&all, metrics);
+        }
         let Some(queue) = engine.sync_queue() else {
             return;
         };
@@ -472,7 +491,12 @@ impl SyncLink {
             return;
         }
         self.last_sent = now;
-        for chunk in queue.chunks(sync::MAX_ENTRIES) {
+        self.send(queue, metrics);
+        queue.clear();
+    }
+
+    fn send(&mut self, entries: &[SyncEntry], metrics: &DsrMetrics) {
+        for chunk in entries.chunks(sync::MAX_ENTRIES) {
             let (len, n) = sync::encode(chunk, &mut self.buf);
             for peer in &self.peers {
                 match self.sock.send_to(self.buf.get(..len).unwrap_or(&[]), peer) {
@@ -484,7 +508,6 @@ impl SyncLink {
                 }
             }
         }
-        queue.clear();
     }
 
     /// Reads what the peers sent; a backup places the flows, a master (whose own placements
