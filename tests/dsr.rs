@@ -909,6 +909,7 @@ fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
     });
     std::thread::sleep(Duration::from_secs(2));
     let cache_before = vip_in_arp_cache(&cl);
+    let retrans_before = tcp_retransmissions(&cl);
     let before = scrape(&t.ns("lb"), LB_B);
     if vrrp {
         // `ctl vrrp demote` on the master: priority-0 advert, B takes over at once.
@@ -922,9 +923,14 @@ fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
     let (echoes, gap, error) = session.join().unwrap();
     eprintln!("graceful (vrrp: {vrrp}): {echoes} echoes, longest gap {gap:?}, error {error:?}");
     assert_eq!(error, None, "the session survives the graceful hand-over");
-    // No process starts here: the gap is the announcement's round trip, plus at most one
-    // TCP retransmission (RTO ≥ 200 ms) for an echo A dropped after stepping down.
+    // No process starts here, and A goes on forwarding what still reaches it until B has
+    // announced itself: no segment of the session is lost, so none is sent again.
     assert!(gap < Duration::from_millis(1500), "gap {gap:?}");
+    assert_eq!(
+        tcp_retransmissions(&cl) - retrans_before,
+        0,
+        "the client retransmitted nothing across the hand-over (longest gap {gap:?})"
+    );
     let after = scrape(&t.ns("lb"), LB_B);
     let d = |name: &str| metric(&after, name, "") - metric(&before, name, "");
     assert!(
@@ -950,6 +956,22 @@ fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
             "unchanged after the hand-over"
         );
     }
+}
+
+/// TCP segments the namespace `ns` has sent again (`RetransSegs` of its /proc/net/snmp).
+fn tcp_retransmissions(ns: &str) -> i64 {
+    let snmp = run(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]).expect("snmp");
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (
+        tcp.next().expect("Tcp header"),
+        tcp.next().expect("Tcp values"),
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RetransSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("RetransSegs")
 }
 
 /// The MAC the client namespace's ARP cache holds for the VIP, if any.

@@ -82,6 +82,9 @@ pub struct Engine {
     handles: Vec<Option<ServiceHandles>>,
     /// Flows placed since the sync sender last ran; `None` without sync.
     sync_out: Option<Vec<SyncEntry>>,
+    /// Off while a node that stepped down still forwards what reaches it: the new master
+    /// answers for the VIP, and a reply from here would pull the VIP's MAC back to this port.
+    answer_arp: bool,
 }
 
 impl Engine {
@@ -106,6 +109,7 @@ impl Engine {
             generation: None,
             handles,
             sync_out: None,
+            answer_arp: true,
         }
     }
 
@@ -254,6 +258,11 @@ impl Engine {
         Some(arp::gratuitous(out, *vip, self.vip_mac(*vip)))
     }
 
+    /// Whether ARP requests for a VIP are answered (they are unless this node stepped down).
+    pub fn set_answer_arp(&mut self, on: bool) {
+        self.answer_arp = on;
+    }
+
     /// Queues every flow placed from now on for the sync peers ([`Engine::sync_queue`]).
     pub fn enable_sync(&mut self) {
         self.sync_out.get_or_insert_with(Vec::new);
@@ -397,7 +406,7 @@ impl Engine {
             .iter()
             .any(|t| t.vip == IpAddr::V4(a.target_ip));
         // A gratuitous request (sender = target) is an announcement, not a question.
-        if a.op == Op::Request && for_vip && a.sender_ip != a.target_ip {
+        if self.answer_arp && a.op == Op::Request && for_vip && a.sender_ip != a.target_ip {
             self.metrics.arp_replies.inc();
             return Action::Reply(arp::reply(out, &a, self.vip_mac(a.target_ip)));
         }

@@ -63,6 +63,12 @@ const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_millis(500), Duration::fro
 /// entry for a virtual MAC (which no other frame is sent from) well inside their usual 300 s
 /// ageing, and re-teaches hosts that flushed their ARP caches.
 const ANNOUNCE_REFRESH: Duration = Duration::from_secs(60);
+/// After stepping down (VRRP backup, demoted), a node goes on forwarding whatever still
+/// reaches it for this long, answering no ARP: frames the switch sends it until the new master
+/// has taken over (its skew time, then its announcement moving the VIP's MAC) are forwarded
+/// instead of lost, so a graceful hand-over costs a session no retransmission. Both nodes place
+/// a flow alike (flow table, synced flows, Maglev), so the overlap sends nothing astray.
+const STEP_DOWN_GRACE: Duration = Duration::from_secs(3);
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
@@ -303,6 +309,7 @@ fn run(
 ) {
     let epoch = Instant::now();
     let mut was_active = false;
+    let mut stepped_down_until: Option<Instant> = None;
     let mut announce_at: Vec<Instant> = Vec::new();
     let mut next_housekeeping = epoch;
     let mut out = [0u8; 128];
@@ -340,22 +347,31 @@ fn run(
                 // The table holds what a sync peer sent during the backup term (nothing
                 // without sync): kept, it carries those flows across the hand-over.
                 info!(interface = %iface, flows = engine.flows().len(), "dsr: forwarding (master)");
+                stepped_down_until = None;
+                engine.set_answer_arp(true);
                 announce_at = std::iter::once(now)
                     .chain(ANNOUNCE_AGAIN.iter().map(|d| now + *d))
                     .collect();
             } else {
-                info!(interface = %iface, "dsr: not forwarding (backup)");
-                engine.reset_flows();
+                info!(interface = %iface, grace_s = STEP_DOWN_GRACE.as_secs(), "dsr: stepped down (backup): no ARP answered, forwarding what still arrives for the grace time");
+                stepped_down_until = Some(now + STEP_DOWN_GRACE);
+                engine.set_answer_arp(false);
                 announce_at.clear();
             }
         }
-        if !is_active {
+        if stepped_down_until.is_some_and(|t| now >= t) {
+            info!(interface = %iface, "dsr: not forwarding (backup)");
+            stepped_down_until = None;
+            engine.reset_flows();
+        }
+        let forwarding = is_active || stepped_down_until.is_some();
+        if !forwarding {
             for i in 0..n {
                 let (frame, _) = sock.frame_mut(i);
                 engine.learn_from_arp(frame);
             }
         }
-        if is_active && n > 0 {
+        if forwarding && n > 0 {
             let snap = snapshot.load();
             engine.sync(&snap);
             let mut fwd = 0;
