@@ -1029,6 +1029,15 @@ fn a_synced_flow_survives_a_hand_over_to_a_node_that_would_place_it_elsewhere() 
         assert_eq!(on, pinned, "A keeps the client on its pinned gateway");
         let session = std::thread::spawn(move || echo_session(session, Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(1500));
+        // What `ctl status` tells the operator on the standby: the flows it holds for a
+        // hand-over (A's three, with sync; none without).
+        let status = t.admin("lb", r#"{"cmd":"status"}"#);
+        let want = if sync {
+            r#""dsr":{"active":false,"flows":3}"#
+        } else {
+            r#""dsr":{"active":false,"flows":0}"#
+        };
+        assert!(status.contains(want), "{want} in {status}");
         let reply = t.admin("la", r#"{"cmd":"vrrp","action":"demote"}"#);
         assert!(reply.contains("\"reply\":\"vrrp\""), "{reply}");
         let (echoes, gap, error) = session.join().unwrap();

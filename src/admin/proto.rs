@@ -111,6 +111,19 @@ pub struct Status {
     pub vrrp: Option<VrrpStatus>,
     pub services: Vec<ServiceStatus>,
     pub backends: Vec<BackendStatus>,
+    /// `None`: this node has no dsr service (or its daemon predates the field).
+    #[serde(default)]
+    pub dsr: Option<DsrForwarderStatus>,
+}
+
+/// The dsr forwarder, as `ctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DsrForwarderStatus {
+    /// Forwarding (VRRP master of the dsr VIPs) or standing by.
+    pub active: bool,
+    /// Flows in the flow table: the node's own while active; on a standby, what a `[dsr]` sync
+    /// peer sent (kept for a hand-over).
+    pub flows: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

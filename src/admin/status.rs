@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::proto::{BackendStatus, ProbeStatus, ServiceStatus, Status};
+use super::proto::{BackendStatus, DsrForwarderStatus, ProbeStatus, ServiceStatus, Status};
 use crate::daemon::Node;
 use crate::snapshot::{BackendId, HealthState, Snapshot};
 
@@ -81,6 +81,10 @@ pub fn build(node: &Node) -> Status {
         vrrp: super::vrrp::call(node, None).ok(),
         services,
         backends,
+        dsr: node.dsr_active.get().map(|a| DsrForwarderStatus {
+            active: a.load(std::sync::atomic::Ordering::Acquire),
+            flows: node.dsr_flows.get().map_or(0, |g| g.get()),
+        }),
     }
 }
 

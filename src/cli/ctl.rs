@@ -229,6 +229,19 @@ pub fn render_status(s: &Status) -> String {
         }
         None => out.push_str("vrrp not configured on this node\n"),
     }
+    if let Some(d) = &s.dsr {
+        let _ = writeln!(
+            out,
+            "dsr {} · {} flows{}",
+            if d.active { "forwarding" } else { "standby" },
+            d.flows,
+            if d.active {
+                ""
+            } else {
+                " kept for a hand-over"
+            }
+        );
+    }
     out.push('\n');
     let mut rows = vec![[
         "SERVICE", "PROTO", "LISTEN", "BOUND", "POOL", "CONNS", "FLOWS",
@@ -341,7 +354,7 @@ pub async fn watch(path: &Path, every: Duration, count: Option<u64>) -> Outcome 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::proto::{BackendStatus, ProbeStatus, ServiceStatus};
+    use crate::admin::proto::{BackendStatus, DsrForwarderStatus, ProbeStatus, ServiceStatus};
 
     #[test]
     fn status_table_lines_up_and_shows_every_field() {
@@ -409,8 +422,16 @@ mod tests {
                     last_probe: None,
                 },
             ],
+            dsr: Some(DsrForwarderStatus {
+                active: false,
+                flows: 12,
+            }),
         };
         let t = render_status(&s);
+        assert!(
+            t.contains("dsr standby · 12 flows kept for a hand-over"),
+            "{t}"
+        );
         assert!(t.contains("node lb1"), "{t}");
         assert!(t.contains("up 2m05s"), "{t}");
         assert!(t.contains("vrrp not configured"), "{t}");

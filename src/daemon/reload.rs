@@ -35,6 +35,8 @@ pub struct Node {
     pub(crate) vrrp: std::sync::OnceLock<Vec<crate::vrrp::Handle>>,
     /// The dsr forwarder's active flag, once started (the admin `dsr` command flips it).
     pub dsr_active: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
+    /// The dsr forwarder's flow-table size, once started (for `ctl status`).
+    pub dsr_flows: std::sync::OnceLock<prometheus::IntGauge>,
 }
 
 /// What a successful reload changed.
@@ -89,6 +91,7 @@ impl Node {
             started: Instant::now(),
             vrrp: std::sync::OnceLock::new(),
             dsr_active: std::sync::OnceLock::new(),
+            dsr_flows: std::sync::OnceLock::new(),
         }
     }
 

@@ -147,6 +147,7 @@ impl ForwarderConfig {
 /// A running forwarder thread. Dropping it stops the thread.
 pub struct Forwarder {
     active: Arc<AtomicBool>,
+    flows: prometheus::IntGauge,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub interface: String,
@@ -215,6 +216,7 @@ impl Forwarder {
             }
             None => None,
         };
+        let metrics_flows = metrics.flows.clone();
         let active_flag = Arc::new(AtomicBool::new(active));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -236,6 +238,7 @@ impl Forwarder {
         info!(interface = %iface, mac = %arp::format_mac(&mac), vips = ?vips, ?virtual_macs, active, "dsr forwarder started");
         Ok(Forwarder {
             active: active_flag,
+            flows: metrics_flows,
             stop,
             thread: Some(thread),
             interface: cfg.interface,
@@ -250,6 +253,11 @@ impl Forwarder {
 
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// The flow-table size gauge (`portico_dsr_flows`), for `ctl status`.
+    pub fn flows_gauge(&self) -> prometheus::IntGauge {
+        self.flows.clone()
     }
 
     /// The flag itself, for a driver that lives elsewhere (the VRRP task).
