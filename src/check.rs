@@ -70,7 +70,11 @@ pub fn render_plan(c: &Config) -> String {
             match s.protocol {
                 // Frames are forwarded, not connections opened: only the flow table matters.
                 _ if s.forwarding == crate::config::Forwarding::Dsr => {
-                    format!(" | forwarding dsr, flow table {}", s.max_flows)
+                    format!(
+                        " | forwarding dsr, flow table {}, ARP answered with {}",
+                        s.max_flows,
+                        dsr_vip_mac(c, s.listen.ip())
+                    )
                 }
                 Protocol::Tcp => format!(
                     " | connect {} ms x{}",
@@ -172,4 +176,19 @@ pub fn render_plan(c: &Config) -> String {
         let _ = writeln!(o, "dsr flow sync {} <-> {}", sync.listen, peers.join(", "));
     }
     o
+}
+
+/// The MAC a dsr VIP answers ARP with: its VRRP group's virtual MAC, else the interface's.
+fn dsr_vip_mac(c: &Config, vip: std::net::IpAddr) -> String {
+    let vrid = c.vip_groups().find_map(|g| match &g.mode {
+        VipMode::Vrrp(r) if g.addresses.iter().any(|a| a.addr == vip) => Some(r.vrid),
+        _ => None,
+    });
+    match vrid {
+        Some(v) => format!(
+            "virtual MAC {} (vrid {v})",
+            crate::dsr::arp::format_mac(&crate::dsr::packet::vrrp_virtual_mac(v))
+        ),
+        None => "the interface's MAC".to_string(),
+    }
 }

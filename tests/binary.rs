@@ -216,6 +216,34 @@ fn check_prints_the_plan_or_names_file_line_and_field() {
     );
 
     let dir = tempdir("check");
+    // A dsr VIP of a VRRP group: the plan says which MAC it answers ARP with, and the sync.
+    let dsr = dir.join("dsr.toml");
+    std::fs::write(
+        &dsr,
+        "[node]\nname = \"lb1\"\ninterface = \"eth0\"\n\n[vip]\naddresses = [\"10.200.0.100/32\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 51\npriority = 200\n\n[[service]]\nname = \"tls\"\nlisten = \"10.200.0.100:443\"\npool = \"gw\"\nforwarding = \"dsr\"\n\n[pool.gw]\nbackends = [ { name = \"gw1\", address = \"10.200.0.11\" } ]\n\n[dsr]\nsync_listen = \"10.200.0.2:7947\"\nsync_peers = [\"10.200.0.3:7947\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&dsr)
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        plan.contains("ARP answered with virtual MAC 00:00:5e:00:01:33 (vrid 51)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("dsr flow sync 10.200.0.2:7947 <-> 10.200.0.3:7947"),
+        "{plan}"
+    );
+
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
