@@ -119,6 +119,11 @@ impl Running {
             drain_s = drain.as_secs_f64(),
             "shutting down: listeners closed, draining"
         );
+        // A dsr forwarder that VRRP steps down goes on forwarding what still reaches it for its
+        // grace time (until the peer has announced itself): keep it running that long, beside
+        // the connection drain, so a graceful stop loses no tenant's segment either.
+        let dsr_grace = self.dsr.as_ref().is_some_and(|d| d.is_active())
+            && self.node.vrrp.get().is_some_and(|v| !v.is_empty());
         // Hand the VIP over first: the peer takes over within its skew time while we drain.
         self.vip_stop.cancel();
         self.vip_tasks.close();
@@ -130,12 +135,18 @@ impl Running {
         }
         let plane = &self.node.plane;
         plane.accept_stop.cancel();
-        if let Some(dsr) = self.dsr {
-            // Frames are not connections: nothing to drain; the peer's Maglev takes over.
-            dsr.stop();
-        }
+        let dsr_stop = async {
+            if let Some(dsr) = self.dsr {
+                if dsr_grace {
+                    tokio::time::sleep(crate::dsr::forwarder::STEP_DOWN_GRACE.min(drain)).await;
+                }
+                dsr.stop();
+            }
+        };
         plane.connections.close();
-        let left = match tokio::time::timeout(drain, plane.connections.wait()).await {
+        let drained = async { tokio::time::timeout(drain, plane.connections.wait()).await };
+        let (drained, ()) = tokio::join!(drained, dsr_stop);
+        let left = match drained {
             Ok(()) => 0,
             Err(_) => {
                 let left = plane.connections.len();

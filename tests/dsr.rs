@@ -1061,3 +1061,44 @@ fn a_synced_flow_survives_a_hand_over_to_a_node_that_would_place_it_elsewhere() 
         t.kill(b);
     }
 }
+
+/// A graceful stop of the forwarding node (SIGTERM, as `systemctl stop` or a restart for an
+/// upgrade sends): VRRP hands the VIP to B with a priority-0 advert, and A's forwarder goes on
+/// forwarding what still reaches it until B has announced itself, so the session loses no
+/// segment.
+#[test]
+fn a_session_survives_a_graceful_stop_of_the_master_without_a_retransmission() {
+    let Some(mut t) = Topology::new("t") else {
+        return;
+    };
+    let cl = t.ns("cl");
+    let a = t.balancer_with("la", "dsr", LB_A, true);
+    t.balancer_with("lb", "dsr", LB_B, true);
+    if !t.runs_vrrp("la") {
+        eprintln!("SKIP: this build runs no VRRP");
+        return;
+    }
+    wait_active(&t, "la", LB_A);
+    wait_state(&t, "lb", LB_B, false);
+    let tls = t.client_tls.clone();
+    let session = in_ns(&cl, move || {
+        let mut s = tls_from(client_addr(6), &tls).expect("connect");
+        greet(&mut s);
+        std::thread::spawn(move || echo_session(s, Duration::from_secs(5)))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let retrans_before = tcp_retransmissions(&cl);
+    let pid = t.children[a].id() as libc::pid_t;
+    // SAFETY: a signal to the process this test started (ip netns exec execs portico).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let (echoes, gap, error) = session.join().unwrap();
+    eprintln!("graceful stop: {echoes} echoes, longest gap {gap:?}, error {error:?}");
+    assert_eq!(error, None, "the session survives the graceful stop");
+    assert_eq!(
+        tcp_retransmissions(&cl) - retrans_before,
+        0,
+        "the client retransmitted nothing across the stop (longest gap {gap:?})"
+    );
+    let status = t.children[a].wait().expect("A exits");
+    assert!(status.success(), "A exits 0 after its drain: {status:?}");
+}

@@ -68,7 +68,7 @@ const ANNOUNCE_REFRESH: Duration = Duration::from_secs(60);
 /// has taken over (its skew time, then its announcement moving the VIP's MAC) are forwarded
 /// instead of lost, so a graceful hand-over costs a session no retransmission. Both nodes place
 /// a flow alike (flow table, synced flows, Maglev), so the overlap sends nothing astray.
-const STEP_DOWN_GRACE: Duration = Duration::from_secs(3);
+pub const STEP_DOWN_GRACE: Duration = Duration::from_secs(3);
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
