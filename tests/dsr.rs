@@ -958,6 +958,19 @@ fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
     }
 }
 
+/// The flow count of a standby's dsr forwarder in a `status` reply (`"dsr":{"active":false,
+/// "flows":N}`).
+fn standby_flows(status: &str) -> i64 {
+    let tail = status
+        .split(r#""dsr":{"active":false,"flows":"#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no standby dsr forwarder in {status}"));
+    tail.split('}')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("flow count")
+}
+
 /// TCP segments the namespace `ns` has sent again (`RetransSegs` of its /proc/net/snmp).
 fn tcp_retransmissions(ns: &str) -> i64 {
     let snmp = run(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]).expect("snmp");
@@ -1030,14 +1043,14 @@ fn a_synced_flow_survives_a_hand_over_to_a_node_that_would_place_it_elsewhere() 
         let session = std::thread::spawn(move || echo_session(session, Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(1500));
         // What `ctl status` tells the operator on the standby: the flows it holds for a
-        // hand-over (A's three, with sync; none without).
+        // hand-over (at least A's three connections, with sync; none without).
         let status = t.admin("lb", r#"{"cmd":"status"}"#);
-        let want = if sync {
-            r#""dsr":{"active":false,"flows":3}"#
+        let flows = standby_flows(&status);
+        if sync {
+            assert!(flows >= 3, "B holds A's flows: {status}");
         } else {
-            r#""dsr":{"active":false,"flows":0}"#
-        };
-        assert!(status.contains(want), "{want} in {status}");
+            assert_eq!(flows, 0, "{status}");
+        }
         let reply = t.admin("la", r#"{"cmd":"vrrp","action":"demote"}"#);
         assert!(reply.contains("\"reply\":\"vrrp\""), "{reply}");
         let (echoes, gap, error) = session.join().unwrap();
