@@ -180,11 +180,7 @@ pub fn render_plan(c: &Config) -> String {
 
 /// The MAC a dsr VIP answers ARP with: its VRRP group's virtual MAC, else the interface's.
 fn dsr_vip_mac(c: &Config, vip: std::net::IpAddr) -> String {
-    let vrid = c.vip_groups().find_map(|g| match &g.mode {
-        VipMode::Vrrp(r) if g.addresses.iter().any(|a| a.addr == vip) => Some(r.vrid),
-        _ => None,
-    });
-    match vrid {
+    match c.vrrp_vrid_of(vip) {
         Some(v) => format!(
             "virtual MAC {} (vrid {v})",
             crate::dsr::arp::format_mac(&crate::dsr::packet::vrrp_virtual_mac(v))

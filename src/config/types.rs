@@ -37,6 +37,15 @@ impl Config {
         self.vip.iter().chain(self.vip_more.iter())
     }
 
+    /// The VRID of the VRRP group that holds `addr`; `None` for an address in no group or in
+    /// a standalone one.
+    pub fn vrrp_vrid_of(&self, addr: IpAddr) -> Option<u8> {
+        self.vip_groups().find_map(|g| match &g.mode {
+            VipMode::Vrrp(r) if g.addresses.iter().any(|a| a.addr == addr) => Some(r.vrid),
+            _ => None,
+        })
+    }
+
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
     }

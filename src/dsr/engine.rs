@@ -23,7 +23,7 @@ use super::arp::{self, Op};
 use super::flow::FlowTable;
 use super::metrics::DsrMetrics;
 use super::packet::{classify, rewrite_macs, Class, DropReason, FiveTuple, Mac, Target};
-use super::sync::SyncEntry;
+use super::sync::{SyncEntry, SyncError};
 use crate::affinity::ClientKey;
 use crate::snapshot::{BackendId, Choice, Snapshot};
 
@@ -280,18 +280,15 @@ impl Engine {
         let mut out = Vec::new();
         let (targets, handles) = (&self.targets, &self.handles);
         self.flows.for_each_recent(since_ms, |tuple, id| {
-            let Some(t) = targets.iter().find(|t| {
-                t.vip == tuple.dst && t.port == tuple.dst_port && t.protocol == tuple.protocol
-            }) else {
-                return;
-            };
-            let backend = handles
-                .get(t.service)
-                .and_then(Option::as_ref)
-                .and_then(|h| snap.services.get(h.index))
-                .and_then(|svc| snap.pools.get(svc.pool))
-                .and_then(|pool| pool.index_of(id).and_then(|i| pool.backends.get(i)));
-            if let Some(b) = backend {
+            let pool = pool_for(
+                targets,
+                handles,
+                snap,
+                tuple.dst,
+                tuple.dst_port,
+                tuple.protocol,
+            );
+            if let Some(b) = pool.and_then(|p| p.backends.get(p.index_of(id)?)) {
                 out.extend(SyncEntry::new(tuple, b.address));
             }
         });
@@ -303,25 +300,19 @@ impl Engine {
     /// mismatch between the nodes, or a reload in between).
     pub fn apply_synced(&mut self, snap: &Snapshot, e: &SyncEntry, now_ms: u64) -> bool {
         self.sync(snap);
-        let Some(t) = self.targets.iter().find(|t| {
-            t.vip == IpAddr::V4(e.vip) && t.port == e.vip_port && t.protocol == e.protocol
+        let pool = pool_for(
+            &self.targets,
+            &self.handles,
+            snap,
+            IpAddr::V4(e.vip),
+            e.vip_port,
+            e.protocol,
+        );
+        let Some(b) = pool.and_then(|p| {
+            p.backends
+                .iter()
+                .find(|b| b.address == IpAddr::V4(e.gateway))
         }) else {
-            return false;
-        };
-        let Some(pool) = self
-            .handles
-            .get(t.service)
-            .and_then(Option::as_ref)
-            .and_then(|h| snap.services.get(h.index))
-            .and_then(|svc| snap.pools.get(svc.pool))
-        else {
-            return false;
-        };
-        let Some(b) = pool
-            .backends
-            .iter()
-            .find(|b| b.address == IpAddr::V4(e.gateway))
-        else {
             return false;
         };
         self.flows.insert(e.tuple(), b.id, now_ms);
@@ -463,7 +454,7 @@ impl Engine {
                     if q.len() < SYNC_QUEUE_MAX {
                         q.extend(SyncEntry::new(tuple, b.address));
                     } else {
-                        self.metrics.sync_error("overflow");
+                        self.metrics.sync_error(SyncError::Overflow, 1);
                     }
                 }
                 i
@@ -482,6 +473,23 @@ impl Engine {
             None => Err(DropReason::NoNeighbour),
         }
     }
+}
+
+/// The pool of the service that serves `vip:port` over `protocol` in `snap` (the engine's
+/// `handles` must have been synced to `snap`).
+fn pool_for<'s>(
+    targets: &[Target],
+    handles: &[Option<ServiceHandles>],
+    snap: &'s Snapshot,
+    vip: IpAddr,
+    port: u16,
+    protocol: crate::config::Protocol,
+) -> Option<&'s crate::snapshot::PoolView> {
+    let t = targets
+        .iter()
+        .find(|t| t.vip == vip && t.port == port && t.protocol == protocol)?;
+    let h = handles.get(t.service)?.as_ref()?;
+    snap.pools.get(snap.services.get(h.index)?.pool)
 }
 
 #[cfg(test)]

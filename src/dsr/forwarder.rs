@@ -39,7 +39,7 @@ use super::engine::{Action, Engine};
 use super::flow::FlowTable;
 use super::metrics::DsrMetrics;
 use super::packet::{vrrp_virtual_mac, DropReason, Mac, Target};
-use super::sync::{self, SyncEntry};
+use super::sync::{self, SyncEntry, SyncError};
 use crate::config::{Config, DsrSync, Forwarding, VipMode};
 use crate::snapshot::Snapshot;
 
@@ -118,17 +118,10 @@ impl ForwarderConfig {
             .clone()
             .context("dsr services need [node] interface")?;
         let mut vip_macs: Vec<(Ipv4Addr, Mac)> = Vec::new();
-        for group in config.vip_groups() {
-            let VipMode::Vrrp(vrrp) = &group.mode else {
-                continue;
-            };
-            for a in &group.addresses {
-                if let IpAddr::V4(v) = a.addr {
-                    if targets.iter().any(|t| t.vip == a.addr)
-                        && !vip_macs.iter().any(|(x, _)| *x == v)
-                    {
-                        vip_macs.push((v, vrrp_virtual_mac(vrrp.vrid)));
-                    }
+        for t in &targets {
+            if let (IpAddr::V4(v), Some(vrid)) = (t.vip, config.vrrp_vrid_of(t.vip)) {
+                if !vip_macs.iter().any(|(x, _)| *x == v) {
+                    vip_macs.push((v, vrrp_virtual_mac(vrid)));
                 }
             }
         }
@@ -525,10 +518,7 @@ impl SyncLink {
             for peer in &self.peers {
                 match self.sock.send_to(self.buf.get(..len).unwrap_or(&[]), peer) {
                     Ok(_) => metrics.sync_sent.inc_by(n as u64),
-                    Err(_) => metrics
-                        .sync_errors
-                        .with_label_values(&["send_failed"])
-                        .inc_by(n as u64),
+                    Err(_) => metrics.sync_error(SyncError::SendFailed, n as u64),
                 }
             }
         }
@@ -550,23 +540,25 @@ impl SyncLink {
                 Err(_) => return,
             };
             if !self.peers.iter().any(|p| p.ip() == from.ip()) {
-                metrics.sync_error("not_peer");
+                metrics.sync_error(SyncError::NotPeer, 1);
                 continue;
             }
-            let datagram = self.buf.get(..n).unwrap_or(&[]);
-            if let Err(e) = sync::check(datagram) {
-                metrics.sync_error(e.as_str());
-                continue;
-            }
+            let entries = match sync::decode(self.buf.get(..n).unwrap_or(&[])) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    metrics.sync_error(e, 1);
+                    continue;
+                }
+            };
             if is_active {
                 continue;
             }
             let snap = snapshot.load();
-            for e in sync::entries(datagram) {
+            for e in entries {
                 if engine.apply_synced(&snap, &e, now_ms) {
                     metrics.sync_applied.inc();
                 } else {
-                    metrics.sync_error("unknown_flow");
+                    metrics.sync_error(SyncError::UnknownFlow, 1);
                 }
             }
         }

@@ -6,6 +6,7 @@
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::packet::DropReason;
+use super::sync::SyncError;
 use crate::metrics::{
     DSR_ACTIVE, DSR_ARP_REPLIES, DSR_BYTES, DSR_DROPS, DSR_FLOWS, DSR_FLOW_MISSES, DSR_PACKETS,
     DSR_PASSED, DSR_SYNC_APPLIED, DSR_SYNC_ERRORS, DSR_SYNC_SENT,
@@ -26,8 +27,8 @@ pub struct DsrMetrics {
     pub sync_sent: IntCounter,
     /// Flow entries from a peer placed in the flow table.
     pub sync_applied: IntCounter,
-    /// Sync datagrams or entries not used, by reason.
-    pub sync_errors: IntCounterVec,
+    /// Sync datagrams or entries not used, indexed like [`SyncError::ALL`].
+    pub sync_errors: Vec<IntCounter>,
 }
 
 impl DsrMetrics {
@@ -76,7 +77,7 @@ impl DsrMetrics {
             DSR_SYNC_APPLIED,
             "Flow entries received from a dsr sync peer and placed in the flow table.",
         )?;
-        let sync_errors = IntCounterVec::new(
+        let sync_error_vec = IntCounterVec::new(
             Opts::new(
                 DSR_SYNC_ERRORS,
                 "dsr sync datagrams dropped (magic, length, protocol, not_peer) and entries not used (unknown_flow, overflow, send_failed).",
@@ -93,16 +94,13 @@ impl DsrMetrics {
         reg.register(Box::new(active.clone()))?;
         reg.register(Box::new(sync_sent.clone()))?;
         reg.register(Box::new(sync_applied.clone()))?;
-        reg.register(Box::new(sync_errors.clone()))?;
+        reg.register(Box::new(sync_error_vec.clone()))?;
         // Every reason's series exists from the start (at 0), so dashboards and alerts see
         // "no errors" rather than "no data".
-        for reason in super::sync::SyncError::ALL
+        let sync_errors = SyncError::ALL
             .iter()
-            .map(|e| e.as_str())
-            .chain(["not_peer", "unknown_flow", "overflow", "send_failed"])
-        {
-            sync_errors.with_label_values(&[reason]);
-        }
+            .map(|e| sync_error_vec.with_label_values(&[e.as_str()]))
+            .collect();
         let drops = DropReason::ALL
             .iter()
             .map(|r| drop_vec.with_label_values(&[r.as_str()]))
@@ -122,8 +120,11 @@ impl DsrMetrics {
         })
     }
 
-    pub fn sync_error(&self, reason: &str) {
-        self.sync_errors.with_label_values(&[reason]).inc();
+    /// Counts `n` datagrams or entries not used for `reason`.
+    pub fn sync_error(&self, reason: SyncError, n: u64) {
+        if let Some(c) = self.sync_errors.get(reason.index()) {
+            c.inc_by(n);
+        }
     }
 
     pub fn drop(&self, reason: DropReason) {

@@ -71,8 +71,8 @@ impl SyncEntry {
     }
 }
 
-/// Why a datagram was not read. Closed set: the `reason` label values of
-/// `portico_dsr_sync_errors_total` (with `not_peer` and `unknown_flow` from the forwarder).
+/// Why a sync datagram or entry was not used. Closed set: the `reason` label values of
+/// `portico_dsr_sync_errors_total`. [`decode`] gives the first three; the forwarder the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncError {
     /// Not our magic (another protocol, or another version).
@@ -81,17 +81,42 @@ pub enum SyncError {
     Length,
     /// An entry's protocol is neither TCP nor UDP.
     Protocol,
+    /// From an address that is not one of `sync_peers`.
+    NotPeer,
+    /// An entry for a service or gateway this node does not have.
+    UnknownFlow,
+    /// A placed flow not queued: the queue for the sender was full.
+    Overflow,
+    /// Entries a peer did not get: the send failed.
+    SendFailed,
 }
 
 impl SyncError {
-    pub const ALL: [SyncError; 3] = [SyncError::Magic, SyncError::Length, SyncError::Protocol];
+    pub const ALL: [SyncError; 7] = [
+        SyncError::Magic,
+        SyncError::Length,
+        SyncError::Protocol,
+        SyncError::NotPeer,
+        SyncError::UnknownFlow,
+        SyncError::Overflow,
+        SyncError::SendFailed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SyncError::Magic => "magic",
             SyncError::Length => "length",
             SyncError::Protocol => "protocol",
+            SyncError::NotPeer => "not_peer",
+            SyncError::UnknownFlow => "unknown_flow",
+            SyncError::Overflow => "overflow",
+            SyncError::SendFailed => "send_failed",
         }
+    }
+
+    /// Its position in [`SyncError::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -125,9 +150,9 @@ pub fn encode(entries: &[SyncEntry], out: &mut [u8]) -> (usize, usize) {
     (HEADER + n * ENTRY, n)
 }
 
-/// Checks a whole datagram; on success its entries follow from [`entries`]. All or nothing:
-/// a datagram with one bad entry is dropped whole (it was not written by a Portico).
-pub fn check(datagram: &[u8]) -> Result<usize, SyncError> {
+/// Reads a whole datagram, checked before any entry is handed out. All or nothing: a datagram
+/// with one bad entry is refused whole (it was not written by a Portico).
+pub fn decode(datagram: &[u8]) -> Result<impl ExactSizeIterator<Item = SyncEntry> + '_, SyncError> {
     if datagram.get(..4) != Some(&MAGIC[..]) {
         return Err(SyncError::Magic);
     }
@@ -138,22 +163,11 @@ pub fn check(datagram: &[u8]) -> Result<usize, SyncError> {
     if datagram.len() != HEADER + count * ENTRY {
         return Err(SyncError::Length);
     }
-    if datagram[HEADER..]
-        .chunks_exact(ENTRY)
-        .any(|c| c[0] != 6 && c[0] != 17)
-    {
+    let body = &datagram[HEADER..];
+    if body.chunks_exact(ENTRY).any(|c| c[0] != 6 && c[0] != 17) {
         return Err(SyncError::Protocol);
     }
-    Ok(count)
-}
-
-/// The entries of a datagram that passed [`check`] (none otherwise).
-pub fn entries(datagram: &[u8]) -> impl Iterator<Item = SyncEntry> + '_ {
-    let body = match check(datagram) {
-        Ok(_) => &datagram[HEADER..],
-        Err(_) => &[][..],
-    };
-    body.chunks_exact(ENTRY).map(|c| {
+    Ok(body.chunks_exact(ENTRY).map(|c| {
         let ip = |at: usize| Ipv4Addr::new(c[at], c[at + 1], c[at + 2], c[at + 3]);
         let port = |at: usize| u16::from_be_bytes([c[at], c[at + 1]]);
         SyncEntry {
@@ -168,24 +182,21 @@ pub fn entries(datagram: &[u8]) -> impl Iterator<Item = SyncEntry> + '_ {
             vip_port: port(11),
             gateway: ip(13),
         }
-    })
+    }))
 }
 
-/// The fuzz target's body (`fuzz/fuzz_targets/dsr_sync.rs`): any bytes are checked without
-/// panicking, and a datagram that passes re-encodes to exactly itself.
+/// The fuzz target's body (`fuzz/fuzz_targets/dsr_sync.rs`): any bytes are read without
+/// panicking, and a datagram that is accepted re-encodes to exactly itself.
 pub fn fuzz_datagram(data: &[u8]) {
-    let list: Vec<SyncEntry> = entries(data).collect();
-    match check(data) {
-        Ok(n) => {
-            assert_eq!(n, list.len());
-            if n <= MAX_ENTRIES {
-                let mut buf = [0u8; MAX_DATAGRAM];
-                let (len, written) = encode(&list, &mut buf);
-                assert_eq!(written, n);
-                assert_eq!(&buf[..len], data, "a valid datagram re-encodes to itself");
-            }
-        }
-        Err(_) => assert!(list.is_empty()),
+    let Ok(entries) = decode(data) else {
+        return;
+    };
+    let list: Vec<SyncEntry> = entries.collect();
+    if list.len() <= MAX_ENTRIES {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let (len, written) = encode(&list, &mut buf);
+        assert_eq!(written, list.len());
+        assert_eq!(&buf[..len], data, "a valid datagram re-encodes to itself");
     }
 }
 
@@ -216,37 +227,31 @@ mod tests {
         let (len, n) = encode(&all, &mut buf);
         assert_eq!((len, n), (MAX_DATAGRAM, MAX_ENTRIES));
         assert_eq!(&buf[..4], b"PFS1");
-        let back: Vec<SyncEntry> = entries(&buf[..len]).collect();
+        let back: Vec<SyncEntry> = decode(&buf[..len]).unwrap().collect();
         assert_eq!(back, all[..MAX_ENTRIES]);
         let (len, n) = encode(&all[..3], &mut buf);
         assert_eq!((len, n), (6 + 3 * 17, 3));
-        assert_eq!(check(&buf[..len]), Ok(3));
+        assert_eq!(decode(&buf[..len]).map(|e| e.len()), Ok(3));
     }
 
     #[test]
     fn bad_datagrams_are_refused_whole() {
         let mut buf = [0u8; MAX_DATAGRAM];
         let (len, _) = encode(&[entry(1), entry(2)], &mut buf);
-        assert_eq!(check(b"PFS2\0\0"), Err(SyncError::Magic));
-        assert_eq!(check(b""), Err(SyncError::Magic));
-        assert_eq!(check(b"PFS1\0"), Err(SyncError::Length));
-        assert_eq!(check(&buf[..len - 1]), Err(SyncError::Length));
-        assert_eq!(check(&buf[..len + 1]), Err(SyncError::Length));
+        let err = |d: &[u8]| decode(d).err();
+        assert_eq!(err(b"PFS2\0\0"), Some(SyncError::Magic));
+        assert_eq!(err(b""), Some(SyncError::Magic));
+        assert_eq!(err(b"PFS1\0"), Some(SyncError::Length));
+        assert_eq!(err(&buf[..len - 1]), Some(SyncError::Length));
+        assert_eq!(err(&buf[..len + 1]), Some(SyncError::Length));
         let mut bad = buf;
         bad[6 + 17] = 1; // the second entry's protocol: ICMP
-        assert_eq!(check(&bad[..len]), Err(SyncError::Protocol));
-        assert_eq!(
-            entries(&bad[..len]).count(),
-            0,
-            "nothing from a bad datagram"
-        );
+        assert_eq!(err(&bad[..len]), Some(SyncError::Protocol), "refused whole");
     }
 
     proptest! {
         #[test]
         fn any_bytes_are_checked_without_panicking(data in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let n = entries(&data).count();
-            prop_assert_eq!(check(&data).unwrap_or(0), n);
             fuzz_datagram(&data);
         }
 
@@ -263,7 +268,7 @@ mod tests {
             let mut buf = [0u8; MAX_DATAGRAM];
             let (len, n) = encode(&list, &mut buf);
             prop_assert_eq!(n, list.len());
-            let back: Vec<SyncEntry> = entries(&buf[..len]).collect();
+            let back: Vec<SyncEntry> = decode(&buf[..len]).unwrap().collect();
             prop_assert_eq!(back, list);
         }
     }
