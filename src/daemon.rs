@@ -281,8 +281,7 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
     )?;
     let node = Arc::new(Node::new(plane, controller.clone()));
     if let Some(f) = &dsr {
-        let _ = node.dsr_active.set(f.active_flag());
-        let _ = node.dsr_flows.set(f.flows_gauge());
+        let _ = node.dsr.set(f.handle());
     }
     let first_round = node.start_health().context("health checks")?;
     // After the listeners are bound (IP_FREEBIND lets them bind the VIP before we hold it).

@@ -193,12 +193,19 @@ async fn control(path: &std::path::Path, cmd: &str) -> String {
     out
 }
 
+/// `portico check --config PATH`.
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_prints_the_plan_or_names_file_line_and_field() {
-    let ok = Command::new(BIN)
-        .args(["check", "--config", "config/lab.toml"])
-        .output()
-        .unwrap();
+    let ok = check(std::path::Path::new("config/lab.toml"));
     assert!(
         ok.status.success(),
         "{}",
@@ -223,12 +230,7 @@ fn check_prints_the_plan_or_names_file_line_and_field() {
         "[node]\nname = \"lb1\"\ninterface = \"eth0\"\n\n[vip]\naddresses = [\"10.200.0.100/32\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 51\npriority = 200\n\n[[service]]\nname = \"tls\"\nlisten = \"10.200.0.100:443\"\npool = \"gw\"\nforwarding = \"dsr\"\n\n[pool.gw]\nbackends = [ { name = \"gw1\", address = \"10.200.0.11\" } ]\n\n[dsr]\nsync_listen = \"10.200.0.2:7947\"\nsync_peers = [\"10.200.0.3:7947\"]\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg("--config")
-        .arg(&dsr)
-        .output()
-        .unwrap();
+    let out = check(&dsr);
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -250,12 +252,7 @@ fn check_prints_the_plan_or_names_file_line_and_field() {
         "[node]\nname = \"x\"\n\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:443\"\npool = \"nope\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg("--config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check(&bad);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -339,6 +339,32 @@ socket = "{}/{node}.sock"
         self.children.len() - 1
     }
 
+    /// Starts A (priority 200) and B (100) with the VIP VRRP-managed and waits until A
+    /// forwards and B stands by; returns A's and B's indexes in `children`.
+    fn vrrp_pair(&mut self) -> (usize, usize) {
+        let a = self.balancer_with("la", "dsr", LB_A, true);
+        let b = self.balancer_with("lb", "dsr", LB_B, true);
+        assert!(self.runs_vrrp("la"), "this build runs VRRP");
+        wait_active(self, "la", LB_A);
+        wait_state(self, "lb", LB_B, false);
+        (a, b)
+    }
+
+    /// A TLS session from client `n` through the VIP, echoing one byte every 50 ms for
+    /// `run_for` on its own thread.
+    fn echo_from(
+        &self,
+        n: u8,
+        run_for: Duration,
+    ) -> std::thread::JoinHandle<(usize, Duration, Option<String>)> {
+        let tls = self.client_tls.clone();
+        in_ns(&self.ns("cl"), move || {
+            let mut s = tls_from(client_addr(n), &tls).expect("connect");
+            greet(&mut s);
+            std::thread::spawn(move || echo_session(s, run_for))
+        })
+    }
+
     fn kill(&mut self, child: usize) {
         let c = &mut self.children[child];
         let _ = c.kill(); // SIGKILL, to the PID we started (ip netns exec execs portico)
@@ -784,17 +810,8 @@ fn a_session_survives_a_balancer_kill_in_dsr_and_breaks_in_proxy_mode() {
 
     // dsr: A and B run VRRP for the VIP; A (priority 200) is master and forwards; a session
     // runs; A is killed and B takes over by VRRP (Master_Down_Interval), announcing the VIP.
-    let a = t.balancer_with("la", "dsr", LB_A, true);
-    t.balancer_with("lb", "dsr", LB_B, true);
-    assert!(t.runs_vrrp("la"), "this build runs VRRP");
-    wait_active(&t, "la", LB_A);
-    wait_state(&t, "lb", LB_B, false);
-    let tls = t.client_tls.clone();
-    let session = in_ns(&cl, move || {
-        let mut s = tls_from(client_addr(3), &tls).expect("connect");
-        greet(&mut s);
-        std::thread::spawn(move || echo_session(s, Duration::from_secs(6)))
-    });
+    let (a, _) = t.vrrp_pair();
+    let session = t.echo_from(3, Duration::from_secs(6));
     std::thread::sleep(Duration::from_secs(2));
     t.kill(a);
     let killed = Instant::now();
@@ -958,17 +975,16 @@ fn a_session_survives_a_graceful_hand_over_between_running_nodes() {
     }
 }
 
-/// The flow count of a standby's dsr forwarder in a `status` reply (`"dsr":{"active":false,
-/// "flows":N}`).
+/// The flow count of a standby's dsr forwarder, from a `status` reply.
 fn standby_flows(status: &str) -> i64 {
-    let tail = status
-        .split(r#""dsr":{"active":false,"flows":"#)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no standby dsr forwarder in {status}"));
-    tail.split('}')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("flow count")
+    use portico::admin::proto::Reply;
+    match serde_json::from_str::<Reply>(status) {
+        Ok(Reply::Status(s)) => match s.dsr {
+            Some(d) if !d.active => d.flows,
+            other => panic!("not a standby dsr forwarder: {other:?}"),
+        },
+        other => panic!("not a status reply: {other:?}"),
+    }
 }
 
 /// TCP segments the namespace `ns` has sent again (`RetransSegs` of its /proc/net/snmp).
@@ -1008,14 +1024,7 @@ fn a_synced_flow_survives_a_hand_over_to_a_node_that_would_place_it_elsewhere() 
     let cl = t.ns("cl");
     for sync in [false, true] {
         t.sync = sync;
-        let a = t.balancer_with("la", "dsr", LB_A, true);
-        let b = t.balancer_with("lb", "dsr", LB_B, true);
-        if !t.runs_vrrp("la") {
-            eprintln!("SKIP: this build runs no VRRP");
-            return;
-        }
-        wait_active(&t, "la", LB_A);
-        wait_state(&t, "lb", LB_B, false);
+        let (a, b) = t.vrrp_pair();
         let client = client_addr(9);
         let tls = t.client_tls.clone();
         let maglev = in_ns(&cl, move || {
@@ -1085,20 +1094,8 @@ fn a_session_survives_a_graceful_stop_of_the_master_without_a_retransmission() {
         return;
     };
     let cl = t.ns("cl");
-    let a = t.balancer_with("la", "dsr", LB_A, true);
-    t.balancer_with("lb", "dsr", LB_B, true);
-    if !t.runs_vrrp("la") {
-        eprintln!("SKIP: this build runs no VRRP");
-        return;
-    }
-    wait_active(&t, "la", LB_A);
-    wait_state(&t, "lb", LB_B, false);
-    let tls = t.client_tls.clone();
-    let session = in_ns(&cl, move || {
-        let mut s = tls_from(client_addr(6), &tls).expect("connect");
-        greet(&mut s);
-        std::thread::spawn(move || echo_session(s, Duration::from_secs(5)))
-    });
+    let (a, _) = t.vrrp_pair();
+    let session = t.echo_from(6, Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(2));
     let retrans_before = tcp_retransmissions(&cl);
     let pid = t.children[a].id() as libc::pid_t;

@@ -215,9 +215,10 @@ pub async fn dispatch(node: &Node, req: Request) -> Reply {
                 })
             }
         },
-        Request::Dsr { active } => match node.dsr_active.get() {
-            Some(flag) => {
-                flag.store(active, std::sync::atomic::Ordering::Release);
+        Request::Dsr { active } => match node.dsr.get() {
+            Some(dsr) => {
+                dsr.active
+                    .store(active, std::sync::atomic::Ordering::Release);
                 Reply::Dsr(super::proto::DsrStatus { active })
             }
             None => Reply::error("dsr: this node forwards no dsr service"),

@@ -81,9 +81,9 @@ pub fn build(node: &Node) -> Status {
         vrrp: super::vrrp::call(node, None).ok(),
         services,
         backends,
-        dsr: node.dsr_active.get().map(|a| DsrForwarderStatus {
-            active: a.load(std::sync::atomic::Ordering::Acquire),
-            flows: node.dsr_flows.get().map_or(0, |g| g.get()),
+        dsr: node.dsr.get().map(|d| DsrForwarderStatus {
+            active: d.active.load(std::sync::atomic::Ordering::Acquire),
+            flows: d.flows.get(),
         }),
     }
 }

@@ -33,10 +33,9 @@ pub struct Node {
     /// The VRRP instances, set once at start (empty without `mode = "vrrp"`); the admin side
     /// reads and demotes them through `crate::admin::vrrp` only.
     pub(crate) vrrp: std::sync::OnceLock<Vec<crate::vrrp::Handle>>,
-    /// The dsr forwarder's active flag, once started (the admin `dsr` command flips it).
-    pub dsr_active: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
-    /// The dsr forwarder's flow-table size, once started (for `ctl status`).
-    pub dsr_flows: std::sync::OnceLock<prometheus::IntGauge>,
+    /// The dsr forwarder, once started: its active flag (the admin `dsr` command flips it)
+    /// and flow count (`ctl status`).
+    pub dsr: std::sync::OnceLock<crate::dsr::forwarder::DsrHandle>,
 }
 
 /// What a successful reload changed.
@@ -90,8 +89,7 @@ impl Node {
             reload_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             vrrp: std::sync::OnceLock::new(),
-            dsr_active: std::sync::OnceLock::new(),
-            dsr_flows: std::sync::OnceLock::new(),
+            dsr: std::sync::OnceLock::new(),
         }
     }
 

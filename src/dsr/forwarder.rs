@@ -137,6 +137,15 @@ impl ForwarderConfig {
     }
 }
 
+/// The running forwarder as the admin side sees it.
+#[derive(Clone)]
+pub struct DsrHandle {
+    /// Forwarding (set by VRRP, or the admin `dsr` request).
+    pub active: Arc<AtomicBool>,
+    /// `portico_dsr_flows`.
+    pub flows: prometheus::IntGauge,
+}
+
 /// A running forwarder thread. Dropping it stops the thread.
 pub struct Forwarder {
     active: Arc<AtomicBool>,
@@ -248,9 +257,12 @@ impl Forwarder {
         self.active.load(Ordering::Acquire)
     }
 
-    /// The flow-table size gauge (`portico_dsr_flows`), for `ctl status`.
-    pub fn flows_gauge(&self) -> prometheus::IntGauge {
-        self.flows.clone()
+    /// What the rest of the daemon reads and drives: the active flag and the flow count.
+    pub fn handle(&self) -> DsrHandle {
+        DsrHandle {
+            active: self.active.clone(),
+            flows: self.flows.clone(),
+        }
     }
 
     /// The flag itself, for a driver that lives elsewhere (the VRRP task).
