@@ -72,13 +72,10 @@ if [ "$TOPOLOGY" = wire ]; then
   for i in 1 2 3; do
     ip -n "${tag}lb" neigh replace 10.200.0.1$i lladdr 02:00:00:00:01:0$i dev eth0 nud permanent
   done
-  # Only the balancer's receive is steered (to its core). The sink's drop of each forwarded
-  # frame stays inline in the forwarder's send, charged to it: steering that too would cost an
+  # Only the balancer's receive is steered (below). The sink's drop of each forwarded frame
+  # stays inline in the forwarder's send, charged to it: steering that too would cost an
   # inter-processor interrupt per batch, which in a VM (an MSR write that exits to the
   # hypervisor) costs more than the drop itself.
-  if [ "$STEER" = 1 ]; then
-    ip netns exec "${tag}lb" sh -c "echo $(mask "$LB_CPU") > /sys/class/net/eth0/queues/rx-0/rps_cpus"
-  fi
 else
 ip netns add "${tag}sw"
 ip -n "${tag}sw" link add br0 type bridge
@@ -95,7 +92,6 @@ host() { # name address
 host cl 10.200.1.1
 host lb 10.200.0.2
 if [ "$STEER" = 1 ]; then
-  ip netns exec "${tag}lb" sh -c "echo $(mask "$LB_CPU") > /sys/class/net/eth0/queues/rx-0/rps_cpus"
   ip netns exec "${tag}sw" sh -c "echo $(mask "$TX_CPU") > /sys/class/net/v${tag}lb/queues/rx-0/rps_cpus"
 fi
 i=0
@@ -118,6 +114,9 @@ time.sleep(3600)' &
     sinks="$sinks $!"
   fi
 done
+fi
+if [ "$STEER" = 1 ]; then
+  ip netns exec "${tag}lb" sh -c "echo $(mask "$LB_CPU") > /sys/class/net/eth0/queues/rx-0/rps_cpus"
 fi
 
 # VMACS lists the VIP set-ups to alternate. vmac (the default): the VIP is a VRRP group's, as
