@@ -8,8 +8,15 @@
 #   PORTICO_BIN_B=/path/to/other/portico benches/cpu-per-conn.sh   # two Portico builds + HAProxy
 #   WORKERS=2 benches/cpu-per-conn.sh     # data-plane threads (Portico) / nbthread (HAProxy)
 #   WORKERS=2 NGINX_WORKERS=2 WRK_THREADS=2 WRK_CONNS=50 benches/cpu-per-conn.sh   # l4bench's shape
+#   ... BACKENDS=2 OWN_SESSION=1 benches/cpu-per-conn.sh   # and l4bench's placement (below)
 # Besides CPU per request it prints the proxy's voluntary context switches per request (each is
-# a sleep in epoll_wait and a wake-up paid by whoever sent the data).
+# a sleep in epoll_wait and a wake-up paid by whoever sent the data), nginx's CPU per request
+# and the machine's idle time during the run (CPU nobody used while the closed loop waited).
+# BACKENDS=2: nginx listens on two ports and each proxy gets both (HAProxy round-robin), as in
+# l4bench. OWN_SESSION=1: every proxy starts under setsid, so with the kernel's autogroup
+# scheduling (/proc/sys/kernel/sched_autogroup_enabled) each is a scheduling group of its own
+# that competes as one entity with the group holding wrk and nginx; l4bench starts PORTICO_CMD
+# that way and its own HAProxy not. OWN_SESSION=portico: only Portico, as l4bench does.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 A=${PORTICO_BIN:-$here/target/release/portico}
@@ -25,9 +32,12 @@ mkdir -p www; head -c 128 /dev/zero | tr '\0' a > www/small.html
 cat > nginx.conf <<NG
 worker_processes ${NGINX_WORKERS:-1}; pid $d/nginx.pid; error_log $d/nginx.err; daemon off;
 events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:18091; root $d/www; $KA } }
+http { access_log off; server { listen 127.0.0.1:18091; root $d/www; $KA } server { listen 127.0.0.1:18094; root $d/www; $KA } }
 NG
 nginx -c $d/nginx.conf & NGPID=$!
+BE2=; HBE2=
+if [ "${BACKENDS:-1}" = 2 ]; then BE2=', { name = "be2", address = "127.0.0.1:18094" }'; HBE2='  server be2 127.0.0.1:18094'; fi
+own() { case "${OWN_SESSION:-0}" in 1) echo setsid ;; portico) [ "$1" != portico ] || echo setsid ;; esac; }
 mk() { cat > $d/$1.toml <<T
 [node]
 name = "b"
@@ -36,7 +46,7 @@ name = "bench"
 listen = "127.0.0.1:$2"
 pool = "p"
 [pool.p]
-backends = [ { name = "be1", address = "127.0.0.1:18091" } ]
+backends = [ { name = "be1", address = "127.0.0.1:18091" }$BE2 ]
 [metrics]
 listen = "off"
 [admin]
@@ -44,9 +54,9 @@ socket = "$d/$1.sock"
 T
 }
 mk old 18090; mk new 18092
-"$A" run --config $d/old.toml --workers "${WORKERS:-1}" >$d/old.log 2>&1 & OLD=$!
+$(own portico) "$A" run --config $d/old.toml --workers "${WORKERS:-1}" >$d/old.log 2>&1 & OLD=$!
 NEW=
-if [ -n "$B" ]; then "$B" run --config $d/new.toml --workers "${WORKERS:-1}" >$d/new.log 2>&1 & NEW=$!; fi
+if [ -n "$B" ]; then $(own portico) "$B" run --config $d/new.toml --workers "${WORKERS:-1}" >$d/new.log 2>&1 & NEW=$!; fi
 cat > $d/haproxy.cfg <<H
 global
   nbthread ${WORKERS:-1}
@@ -57,23 +67,27 @@ defaults
   timeout server 1h
 listen bench
   bind 127.0.0.1:18093
+  balance roundrobin
   server be1 127.0.0.1:18091
+$HBE2
 H
-haproxy -f $d/haproxy.cfg >$d/haproxy.log 2>&1 & HAP=$!
+$(own haproxy) haproxy -f $d/haproxy.cfg >$d/haproxy.log 2>&1 & HAP=$!
 trap 'kill $OLD $NEW $NGPID $HAP 2>/dev/null; sleep 0.3; rm -rf "$d"' EXIT
 sleep 1.5
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+nginx_cpu() { for p in $NGPID $(pgrep -P $NGPID); do cpu $p; done | awk '{s += $1} END {print s}'; }
+idle() { awk '/^cpu /{print $5}' /proc/stat; }
 ctxsw() { cat /proc/$1/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
 whos="portico haproxy"; [ -n "$B" ] && whos="portico portico_b haproxy"
 for round in $(seq "$ROUNDS"); do
   for who in $whos; do
     pid=$OLD; port=18090; [ $who = portico_b ] && { pid=$NEW; port=18092; }; [ $who = haproxy ] && { pid=$HAP; port=18093; }
-    c0=$(cpu $pid); s0=$(ctxsw $pid)
+    c0=$(cpu $pid); s0=$(ctxsw $pid); n0=$(nginx_cpu); i0=$(idle)
     out=$(timeout 30 wrk -t"${WRK_THREADS:-1}" -c"${WRK_CONNS:-20}" -d"${SECS:-4}" ${HDR[@]+"${HDR[@]}"} http://127.0.0.1:$port/small.html)
-    c1=$(cpu $pid); s1=$(ctxsw $pid)
+    c1=$(cpu $pid); s1=$(ctxsw $pid); n1=$(nginx_cpu); i1=$(idle)
     reqs=$(echo "$out" | awk '/requests in/{print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
     ticks=$((c1-c0)); hz=$(getconf CLK_TCK)
-    echo "round $round $who ($MODE): $reqs requests, $rps req/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}'), $(awk -v a=$s0 -v b=$s1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') context switches/req"
+    echo "round $round $who ($MODE): $reqs requests, $rps req/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}'), $(awk -v a=$s0 -v b=$s1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') context switches/req, nginx $(awk -v t=$((n1-n0)) -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}'), idle $(awk -v t=$((i1-i0)) -v h=$hz 'BEGIN{printf "%.2f", t/h}') CPU-s"
   done
 done

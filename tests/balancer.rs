@@ -355,3 +355,94 @@ async fn half_close_passes_through_both_ways() {
     assert_eq!(at_backend, b"still here");
     d.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A backend stand-in that answers each connection with its name, then echoes what the
+/// client sent once the client has finished sending.
+async fn echo_after_eof(name: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    let _ = s.write_all(name.as_bytes()).await;
+                    let _ = s.write_all(&got).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Sends `payload`, half-closes, and returns everything the far end answered.
+async fn exchange(from: u8, to: std::net::SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut c = tcp_from(source(from), to).await.unwrap();
+    c.write_all(payload).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+        .await
+        .expect("answer within 5 s")
+        .unwrap();
+    got
+}
+
+/// The first bytes a client sends are read at accept, before a backend is chosen, and go out
+/// with the backend's handshake: they must survive a refused first choice (retry) and be
+/// counted once, with the rest of a transfer too large to be read at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_first_bytes_survive_a_retry_and_are_counted_once() {
+    let (live, _live_task) = echo_after_eof("live\n").await;
+    let (dead, dead_task) = echo_after_eof("dead\n").await;
+    let mut cfg = config(&[("live", live, 1), ("dead", dead, 1)]);
+    // Only the data plane may notice the dead backend (as in the killed-gateway test).
+    let slow = Duration::from_secs(600);
+    cfg.pools[0].health.interval = slow;
+    cfg.pools[0].health.intervals = portico::config::CheckIntervals::all(slow);
+    let d = portico::daemon::start(cfg).await.expect("daemon starts");
+    let vip = d.local_addr("rdgw-https").unwrap();
+
+    let mut victims = Vec::new();
+    for n in 2..32u8 {
+        if exchange(n, vip, b"which?").await.starts_with(b"dead\n") {
+            victims.push(n);
+        }
+    }
+    assert!(
+        !victims.is_empty(),
+        "some client must be on the dead backend"
+    );
+    dead_task.abort();
+    let _ = dead_task.await; // the listener is dropped with its task: connects are refused
+
+    let series = "portico_backend_bytes_total{backend=\"live\",direction=\"to_backend\",service=\"rdgw-https\"}";
+    let before = metric(&scrape(d.metrics_addr.unwrap()).await, series);
+    for &n in &victims {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 ^ n).collect();
+        let got = exchange(n, vip, &payload).await;
+        assert!(
+            got.starts_with(b"live\n"),
+            "client {n} retried onto the live backend"
+        );
+        assert_eq!(got.len() - 5, payload.len(), "client {n}: every byte, once");
+        assert!(
+            got[5..] == payload[..],
+            "client {n}: bytes intact and in order"
+        );
+    }
+    let m = scrape(d.metrics_addr.unwrap()).await;
+    assert_eq!(
+        metric(&m, series) - before,
+        (victims.len() * 200_000) as f64,
+        "each byte counted once"
+    );
+    let retries = metric(&m, "portico_connect_retries_total{service=\"rdgw-https\"}");
+    let fall = f64::from(common::health().fall.get());
+    let expect = (victims.len() as f64).min(fall);
+    assert!(retries >= expect, "retries {retries} < {expect}");
+    d.shutdown(Duration::from_secs(1)).await;
+}

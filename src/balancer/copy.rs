@@ -6,7 +6,7 @@
 //! hours) then cost kernel socket memory and a task each, not 2 × 32 KiB each.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::BackendCounters;
 
 /// Large enough that a bulk transfer moves in few syscalls and that any UDP datagram fits;
 /// pooled, so its size costs nothing
@@ -45,6 +47,65 @@ pub(super) fn give_buf(buf: Box<[u8]>) {
     });
 }
 
+/// The client's first bytes, read right after accept (a TLS ClientHello has usually arrived
+/// by then), held in a pooled buffer until the backend has all of them.
+pub(super) struct Early {
+    buf: Box<[u8]>,
+    len: usize,
+    sent: usize,
+}
+
+impl Early {
+    /// Reads what the client has already sent, without waiting: `Ok(None)` when nothing has
+    /// arrived yet or the client already closed its sending half (the relay sees the EOF
+    /// again, as EOF is sticky); an error (a reset) ends the connection.
+    pub(super) fn read(client: &TcpStream) -> io::Result<Option<Early>> {
+        let mut buf = take_buf();
+        // Straight to recv(2): tokio would first wait for a readiness event, and a freshly
+        // registered socket has none until the next turn of the event loop.
+        match (&*socket2::SockRef::from(client)).read(&mut buf) {
+            Ok(0) => {}
+            Ok(len) => return Ok(Some(Early { buf, len, sent: 0 })),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                give_buf(buf);
+                return Err(e);
+            }
+        }
+        give_buf(buf);
+        Ok(None)
+    }
+
+    /// The bytes the backend has not been sent yet.
+    pub(super) fn unsent(&self) -> &[u8] {
+        &self.buf[self.sent..self.len]
+    }
+
+    /// Marks `n` more bytes as sent.
+    pub(super) fn advance(&mut self, n: usize) {
+        self.sent = (self.sent + n).min(self.len);
+    }
+
+    /// Sends the rest to the backend, counts every early byte, and returns the buffer to the
+    /// pool.
+    async fn finish(
+        self,
+        dst: &mut WriteHalf<'_>,
+        counter: &IntCounter,
+        last: &AtomicU64,
+        base: Instant,
+    ) -> io::Result<u64> {
+        let r = dst.write_all(self.unsent()).await;
+        let len = self.len;
+        give_buf(self.buf);
+        r?;
+        counter.inc_by(len as u64);
+        last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Ok(len as u64)
+    }
+}
+
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayEnd {
@@ -68,14 +129,15 @@ pub struct Relayed {
 }
 
 /// Relays until both directions are closed, the idle timeout passes, an error occurs or
-/// `cancel` fires (or `kill`, the backend's own token). Half-close is passed on: EOF from one side becomes a write shutdown on the
-/// other, and the reverse direction keeps flowing.
-pub async fn relay(
+/// `cancel` fires (or `kill`, the backend's own token). Half-close is passed on: EOF from one
+/// side becomes a write shutdown on the other, and the reverse direction keeps flowing. The
+/// client's `early` bytes go to the backend first; bytes are counted in `counters`.
+pub(super) async fn relay(
     client: &mut TcpStream,
     backend: &mut TcpStream,
+    early: Option<Early>,
     idle: Duration,
-    to_backend: &IntCounter,
-    to_client: &IntCounter,
+    counters: &BackendCounters,
     cancel: &CancellationToken,
     kill: &CancellationToken,
 ) -> (RelayEnd, Relayed) {
@@ -84,8 +146,24 @@ pub async fn relay(
     let (client_rx, client_tx) = client.split();
     let (backend_rx, backend_tx) = backend.split();
     let eofs = AtomicU8::new(0);
-    let up = pump(client_rx, backend_tx, to_backend, &last, base, &eofs);
-    let down = pump(backend_rx, client_tx, to_client, &last, base, &eofs);
+    let up = pump(
+        client_rx,
+        backend_tx,
+        early,
+        &counters.bytes_to_backend,
+        &last,
+        base,
+        &eofs,
+    );
+    let down = pump(
+        backend_rx,
+        client_tx,
+        None,
+        &counters.bytes_to_client,
+        &last,
+        base,
+        &eofs,
+    );
     tokio::pin!(up, down);
     let mut moved = Relayed::default();
     let (mut up_done, mut down_done) = (false, false);
@@ -124,18 +202,23 @@ pub async fn relay(
     (end, moved)
 }
 
-/// Copies `src` to `dst` until EOF on `src`, then shuts down `dst`'s sending half, unless the
-/// other direction has already ended: both sockets are about to be closed, and close sends the
-/// FIN anyway (one syscall less per connection, which shows on short connections).
+/// Copies `src` to `dst` (`early` first) until EOF on `src`, then shuts down `dst`'s sending
+/// half, unless the other direction has already ended: both sockets are about to be closed,
+/// and close sends the FIN anyway (one syscall less per connection, which shows on short
+/// connections).
 async fn pump(
     mut src: ReadHalf<'_>,
     mut dst: WriteHalf<'_>,
+    early: Option<Early>,
     counter: &IntCounter,
     last: &AtomicU64,
     base: Instant,
     eofs: &AtomicU8,
 ) -> io::Result<u64> {
-    let mut total = 0u64;
+    let mut total = match early {
+        Some(e) => e.finish(&mut dst, counter, last, base).await?,
+        None => 0,
+    };
     loop {
         // The peer's FIN shows in the readiness (EPOLLRDHUP) together with its last data, as
         // a response and its close usually arrive: when it was seen *before* a read that

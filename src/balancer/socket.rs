@@ -11,19 +11,14 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 /// is on an interface (the standby node, or the master before VRRP settles), without writing
 /// `net.ipv4.ip_nonlocal_bind` (which a hardened systemd unit cannot).
 ///
-/// With `reuse_port` several listeners share the address (`SO_REUSEPORT`): the kernel spreads
-/// new connections over them, one per data-plane thread, so a connection is accepted, relayed
-/// and closed on one thread without hand-offs (HAProxy's and nginx's model).
-pub fn bind_tcp(
-    addr: SocketAddr,
-    backlog: u32,
-    reuse_port: bool,
-) -> io::Result<std::net::TcpListener> {
+/// One listener serves every data-plane thread (each accepts on its own descriptor of it), not
+/// one `SO_REUSEPORT` listener per thread: the kernel's hash hands a connection to a thread
+/// whether or not that thread is running, and on a busy machine (or when the scheduler gives
+/// Portico's threads a group of their own) the connection then waits while the other thread
+/// idles. Measured in docs/benchmarks.md (session 4).
+pub fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
-    if reuse_port {
-        sock.set_reuse_port(true)?;
-    }
     set_freebind(&sock, addr)?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
@@ -72,15 +67,16 @@ fn set_stream_options(sock: &SockRef<'_>) -> io::Result<()> {
     sock.set_tcp_keepalive(&ka)
 }
 
-/// Connects to a backend, as `TcpStream::connect` does but without its `getsockopt(SO_ERROR)`
-/// after every connect: the readiness event already says whether the handshake failed
-/// (`EPOLLERR`/`EPOLLHUP`), so the error is fetched only then. One syscall fewer per proxied
-/// connection, on the path that bounds the new-connection rate.
+/// Starts a connection to a backend: a non-blocking socket, `connect(2)` issued, registered
+/// with the reactor. The handshake may still be under way; [`finish_connect`] waits for it, or
+/// a first `send` that succeeds proves it done (on loopback and on a quiet LAN it has usually
+/// finished inside `connect(2)`, and waiting for the readiness event would cost a whole turn of
+/// the event loop per connection).
 ///
 /// Options: no Nagle. No keepalive: the gateways sit on the balancer's LAN, where a vanished
 /// peer shows up as a reset, and the idle timeout bounds the rest; every syscall counts on
 /// short connections.
-pub async fn connect_backend(addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+pub fn start_connect(addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
     let sock = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
@@ -92,7 +88,14 @@ pub async fn connect_backend(addr: SocketAddr) -> io::Result<tokio::net::TcpStre
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    tokio::net::TcpStream::from_std(std::net::TcpStream::from(sock))
+}
+
+/// Waits until a connection from [`start_connect`] is established, as `TcpStream::connect`
+/// does but without its `getsockopt(SO_ERROR)` after every connect: the readiness event
+/// already says whether the handshake failed (`EPOLLERR`/`EPOLLHUP`), so the error is fetched
+/// only then.
+pub async fn finish_connect(stream: &tokio::net::TcpStream) -> io::Result<()> {
     let ready = stream.ready(tokio::io::Interest::WRITABLE).await?;
     if ready.is_error() || ready.is_write_closed() {
         return Err(stream.take_error()?.unwrap_or_else(|| {
@@ -102,7 +105,7 @@ pub async fn connect_backend(addr: SocketAddr) -> io::Result<tokio::net::TcpStre
             )
         }));
     }
-    Ok(stream)
+    Ok(())
 }
 
 /// Raises the soft open-file limit to the hard limit: every proxied connection costs two

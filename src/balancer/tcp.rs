@@ -12,13 +12,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
-use super::copy::{relay, RelayEnd};
+use socket2::SockRef;
+
+use super::copy::{relay, Early, RelayEnd};
 use crate::metrics::{BackendCounters, ConnectFailure};
 use crate::snapshot::{Choice, Snapshot};
 
 /// How long accepting pauses after the process ran out of descriptors: long enough for
 /// connections to close, short enough that clients mostly see a slow accept, not a refusal.
 const EMFILE_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Connections accepted before the accepting task lets the ones it accepted run. The data-plane
+/// threads share one listener, so whatever a thread leaves in the queue another one can take:
+/// a thread that drained a burst alone would hold it while the other idled, and the queue's
+/// tail would wait (p99 30 ms against 8 ms with a batch of 8, in l4bench's close test).
+const ACCEPT_BATCH: usize = 8;
 
 /// Accepts on `listener` for service `service` (index `hint` in the snapshot) until
 /// `accept_stop` fires; every connection is spawned on `tracker` and relays until it ends or
@@ -32,7 +40,13 @@ pub async fn serve_tcp(
     hard_stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let mut in_a_row = 0usize;
     loop {
+        in_a_row += 1;
+        if in_a_row > ACCEPT_BATCH {
+            in_a_row = 0;
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             _ = accept_stop.cancelled() => return,
             r = listener.accept() => r,
@@ -73,6 +87,26 @@ pub async fn serve_tcp(
     }
 }
 
+/// Connects to `addr` and sends it the client's early bytes. A send that goes through proves
+/// the handshake done without waiting for the readiness event; one that would block means it
+/// is still under way; an error (refused, unreachable) is the connect's own, and the early
+/// bytes stay for the next attempt.
+async fn connect_backend(addr: SocketAddr, early: Option<&mut Early>) -> io::Result<TcpStream> {
+    let stream = super::socket::start_connect(addr)?;
+    if let Some(early) = early {
+        match SockRef::from(&stream).send_with_flags(early.unsent(), libc::MSG_NOSIGNAL) {
+            Ok(n) => {
+                early.advance(n);
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    super::socket::finish_connect(&stream).await?;
+    Ok(stream)
+}
+
 /// Errors that concern one aborted connection, not the listener.
 fn is_transient(e: &io::Error) -> bool {
     matches!(
@@ -108,7 +142,17 @@ async fn handle(
     counters.accepted.inc();
     counters.active.inc();
     let idle = svc.idle_timeout;
-    let connected = connect(&snap, svc, peer).await;
+    // HAProxy's speculative I/O: whatever the client sent with its handshake goes out with
+    // the backend's, which saves an event-loop turn each way on a new connection.
+    let mut early = match Early::read(&client) {
+        Ok(early) => early,
+        Err(e) => {
+            debug!(error = %e, "client gone before a backend was chosen");
+            counters.active.dec();
+            return;
+        }
+    };
+    let connected = connect(&snap, svc, peer, early.as_mut()).await;
     drop(snap);
     if let Some(mut c) = connected {
         c.counters.connections.inc();
@@ -116,9 +160,9 @@ async fn handle(
         let (end, moved) = relay(
             &mut client,
             &mut c.stream,
+            early,
             idle,
-            &c.counters.bytes_to_backend,
-            &c.counters.bytes_to_client,
+            &c.counters,
             &hard_stop,
             &c.kill,
         )
@@ -139,6 +183,7 @@ async fn connect(
     snap: &Snapshot,
     svc: &crate::snapshot::ServiceView,
     peer: SocketAddr,
+    mut early: Option<&mut Early>,
 ) -> Option<Connected> {
     let now = std::time::Instant::now();
     let choice = Choice::decide(snap, svc, peer.ip(), now);
@@ -163,7 +208,7 @@ async fn connect(
         let t0 = Instant::now();
         let failure = match tokio::time::timeout(
             svc.connect_timeout,
-            super::socket::connect_backend(addr),
+            connect_backend(addr, early.as_deref_mut()),
         )
         .await
         {

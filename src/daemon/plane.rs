@@ -1,8 +1,10 @@
 //! The live listener set: which service listens where, and how a listener is handed to the
 //! data-plane threads or stopped while the daemon runs (reload adds and removes services).
 //!
-//! Each data-plane thread runs its own current-thread runtime and owns one `SO_REUSEPORT`
-//! listener per TCP service. A thread cannot be reached by spawning from elsewhere, so it
+//! Each data-plane thread runs its own current-thread runtime and accepts on every TCP
+//! service's listener: one socket, a descriptor per thread, so a connection waits for
+//! whichever thread is free (HAProxy's and nginx's model without `reuseport`), not for the one
+//! the kernel's hash picked. A thread cannot be reached by spawning from elsewhere, so it
 //! takes orders from a channel: "serve this listener until this token fires". UDP services
 //! run on the control-plane runtime, as at start. Every listener has its own stop token, a
 //! child of the daemon's accept-stop token, so one service can close without the others and
@@ -48,7 +50,7 @@ pub(crate) struct Bound {
 }
 
 enum Sockets {
-    /// One per data-plane thread.
+    /// One listener, a descriptor per data-plane thread.
     Tcp(Vec<std::net::TcpListener>),
     Udp(std::net::UdpSocket),
 }
@@ -108,25 +110,24 @@ impl Plane {
         self.live().clone()
     }
 
-    /// Binds `svc` (index `hint` in its config): one listener per data-plane thread for TCP.
+    /// Binds `svc` (index `hint` in its config): for TCP one listener, a descriptor of it per
+    /// data-plane thread.
     /// Nothing serves until [`Plane::serve`].
     pub fn bind(&self, svc: &Service, hint: usize) -> anyhow::Result<Bound> {
         let threads = self.workers.len().max(1);
         let (addr, sockets) = match svc.protocol {
             Protocol::Tcp => {
-                let bind = |addr| {
-                    balancer::bind_tcp(addr, svc.backlog, threads > 1).with_context(|| {
-                        format!("service {}: cannot listen on tcp {}", svc.name, svc.listen)
-                    })
-                };
-                // The first bind settles the port (when the config says 0, in tests); the
-                // other threads' listeners join it.
-                let first = bind(svc.listen)?;
+                let first = balancer::bind_tcp(svc.listen, svc.backlog).with_context(|| {
+                    format!("service {}: cannot listen on tcp {}", svc.name, svc.listen)
+                })?;
                 let a = first.local_addr()?;
-                let mut v = vec![first];
+                let mut v = Vec::with_capacity(threads);
                 for _ in 1..threads {
-                    v.push(bind(a)?);
+                    v.push(first.try_clone().with_context(|| {
+                        format!("service {}: sharing the listener on {a}", svc.name)
+                    })?);
                 }
+                v.push(first);
                 (a, Sockets::Tcp(v))
             }
             Protocol::Udp => {
