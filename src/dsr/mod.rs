@@ -10,6 +10,7 @@
 //! - [`forwarder`]: the AF_PACKET socket, its thread, start/stop and the active flag.
 //! - [`sync`]: the flow-table sync datagram between balancer nodes (pure).
 //! - [`metrics`]: the `portico_dsr_*` families.
+//! - [`xdp`]: the XDP fast path: an eBPF program that forwards flow-table hits in the driver.
 //!
 //! # Why the VIP is not a local address here
 //!
@@ -32,3 +33,4 @@ pub mod forwarder;
 pub mod metrics;
 pub mod packet;
 pub mod sync;
+pub mod xdp;
