@@ -69,6 +69,9 @@ pub const DSR_ACTIVE: &str = "portico_dsr_active";
 pub const DSR_SYNC_SENT: &str = "portico_dsr_sync_sent_total";
 pub const DSR_SYNC_APPLIED: &str = "portico_dsr_sync_applied_total";
 pub const DSR_SYNC_ERRORS: &str = "portico_dsr_sync_errors_total";
+pub const DSR_XDP_FRAMES: &str = "portico_dsr_xdp_frames_total";
+pub const DSR_XDP_ATTACHED: &str = "portico_dsr_xdp_attached";
+pub const DSR_XDP_ERRORS: &str = "portico_dsr_xdp_errors_total";
 
 /// Why a client connection got no backend at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,6 +56,11 @@ const BROKEN: &[Case] = &[
                 "not the address family of sync_listen",
             ),
             (22, "dsr.sync_peers[4]", "the port is missing"),
+            (
+                24,
+                "dsr.xdp",
+                "unknown xdp setting \"yes\", expected one of: auto, on, off",
+            ),
         ],
     ),
     (

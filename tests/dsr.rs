@@ -80,6 +80,12 @@ struct Topology {
     client_tls: Arc<rustls::ClientConfig>,
     /// Balancers started from now on with VRRP also sync their flow tables (`[dsr]`).
     sync: bool,
+    /// `[dsr] xdp` of balancers started from now on: "on" unless a test says otherwise
+    /// ("auto" leaves a veth alone).
+    xdp: &'static str,
+    /// Pass-all XDP programs on the switch side of the balancers' links: on a veth, `XDP_TX`
+    /// delivers only to a peer with NAPI on (docs/dsr.md "XDP").
+    _napi: Vec<portico::dsr::xdp::PassProgram>,
 }
 
 impl Drop for Topology {
@@ -126,6 +132,8 @@ impl Topology {
             server_tls: pki.server_config().expect("server TLS config"),
             client_tls: pki.client_config().expect("client TLS config"),
             sync: false,
+            xdp: "on",
+            _napi: Vec::new(),
         };
         let sw = t.ns("sw");
         if let Err(e) = run(&["ip", "netns", "add", &sw]) {
@@ -169,6 +177,20 @@ impl Topology {
             ns_exec(&ns, &["ip", "link", "set", "eth0", "up"]);
             ns_exec(&ns, &["ip", "link", "set", "lo", "up"]);
         }
+        // Clients finish their own checksums, as frames arriving from a wire have them: a
+        // local sender on a veth leaves them to offload, which a frame the XDP program sends
+        // back out (XDP_TX) no longer gets.
+        in_ns(&t.ns("cl"), || ethtool_set("eth0", ETHTOOL_STXCSUM, 0));
+        for role in ["la", "lb"] {
+            let peer = format!("v{}{role}", t.tag);
+            let napi = in_ns(&sw, move || {
+                let index = portico::dsr::forwarder::ifindex(&peer).ok()?;
+                portico::dsr::xdp::PassProgram::attach(index).ok()
+            });
+            t._napi.extend(napi);
+        }
+        let driver = in_ns(&t.ns("la"), || portico::dsr::forwarder::interface_driver("eth0"));
+        assert_eq!(driver.ok().as_deref(), Some("veth"));
         let cl = t.ns("cl");
         for n in 2..=CLIENTS {
             ns_exec(
@@ -253,6 +275,7 @@ impl Topology {
         } else {
             ""
         };
+        let xdp = format!("xdp = \"{}\"\n", self.xdp);
         let text = format!(
             r#"
 [node]
@@ -297,15 +320,15 @@ socket = "{}/{node}.sock"
                 let priority = if node == "la" { 200 } else { 100 };
                 let peer = if node == "la" { LB_B } else { LB_A };
                 let sync = if self.sync {
-                    format!("\n[dsr]\nsync_listen = \"{metrics}:7947\"\nsync_peers = [\"{peer}:7947\"]\n")
+                    format!("sync_listen = \"{metrics}:7947\"\nsync_peers = [\"{peer}:7947\"]\n")
                 } else {
                     String::new()
                 };
                 format!(
-                    "[vip]\naddresses = [\"{VIP}/32\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 51\npriority = {priority}\nadvert_interval_ms = 100\n{sync}"
+                    "[vip]\naddresses = [\"{VIP}/32\"]\nmode = \"vrrp\"\n\n[vip.vrrp]\nvrid = 51\npriority = {priority}\nadvert_interval_ms = 100\n\n[dsr]\n{sync}{xdp}"
                 )
             } else {
-                String::new()
+                format!("[dsr]\n{xdp}")
             }
         );
         let path = self.dir.join(format!("{node}-{forwarding}.toml"));
@@ -444,6 +467,42 @@ socket = "{}/{node}.sock"
     }
 }
 
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+/// `ETHTOOL_STXCSUM`: transmit checksum offload on or off.
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// `ethtool -K`-style setting through the ioctl (the tool may not be installed), in the
+/// calling thread's namespace.
+fn ethtool_set(iface: &str, cmd: u32, value: u32) {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let mut v = EthtoolValue { cmd, data: value };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut v,
+        _pad: [0; 16],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: a socket we own and close below; `req` and `v` outlive the call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let r = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(r, 0, "ethtool {cmd:#x} on {iface}: {err}");
+    }
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns`: sockets it creates live there.
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/var/run/netns/{ns}");
@@ -551,6 +610,12 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
         .filter(|l| l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Whether this kernel and these privileges can run the XDP fast path (then every balancer
+/// here must have attached it, unless the test turned it off).
+fn xdp_supported() -> bool {
+    portico::dsr::xdp::Xdp::load(16, 1).is_ok()
 }
 
 /// Waits for the balancer's metrics to say the forwarder is active.
@@ -694,6 +759,27 @@ fn dsr_reaches_gateways_by_client_with_real_addresses_and_replies_bypass_the_bal
     );
     assert!(metric(&m1, "portico_dsr_packets_total", "backend=\"gw") > 0.0);
     assert!(metric(&m1, "portico_dsr_flows", "") >= 1.0, "{m1}");
+    if xdp_supported() {
+        // The fast path carried the flows: each one's first frame went up to user space,
+        // the client's stream of ACKs stayed in the driver, and all of it is counted.
+        assert_eq!(
+            metric(&m1, "portico_dsr_xdp_attached", "mode=\"native\""),
+            1.0,
+            "{m1}"
+        );
+        let d = |name: &str| metric(&m1, name, "") - metric(&m0, name, "");
+        let (by_xdp, all) = (
+            d("portico_dsr_xdp_frames_total"),
+            d("portico_dsr_packets_total"),
+        );
+        eprintln!("xdp: {by_xdp} of {all} frames forwarded in the driver");
+        assert!(
+            by_xdp > 0.0 && by_xdp >= all * 0.9,
+            "{by_xdp} of {all} frames forwarded in the driver"
+        );
+        let status = t.admin("la", r#"{"cmd":"status"}"#);
+        assert!(status.contains(r#""xdp":"native""#), "{status}");
+    }
 
     // Frames that are not ours, truncated, or fragments: counted, never forwarded.
     let lb_mac = t.mac("la");
@@ -806,6 +892,9 @@ fn a_session_survives_a_balancer_kill_in_dsr_and_breaks_in_proxy_mode() {
     let Some(mut t) = Topology::new("h") else {
         return;
     };
+    // The user-space path alone: "auto" attaches no XDP program to a veth (its peer's NAPI
+    // cannot be seen from the balancer), so every frame goes through AF_PACKET.
+    t.xdp = "auto";
     let cl = t.ns("cl");
 
     // dsr: A and B run VRRP for the VIP; A (priority 200) is master and forwards; a session
@@ -821,6 +910,8 @@ fn a_session_survives_a_balancer_kill_in_dsr_and_breaks_in_proxy_mode() {
     let (echoes, gap, error) = session.join().unwrap();
     eprintln!("dsr: {echoes} echoes, longest gap {gap:?}, error {error:?}");
     assert_eq!(error, None, "the dsr session survives the hand-over");
+    let status = t.admin("lb", r#"{"cmd":"status"}"#);
+    assert!(status.contains(r#""xdp":null"#), "no xdp on a veth: {status}");
     // The session resumes at the client's first TCP retransmission after B took over (RTO
     // backoff: 0.2, 0.4, 0.8, 1.6 s ... apart), so the gap is bounded by the takeover time
     // plus one backed-off retransmission interval, not by any timeout of the session.

@@ -124,6 +124,9 @@ pub struct DsrForwarderStatus {
     /// Flows in the flow table: the node's own while active; on a standby, what a `[dsr]` sync
     /// peer sent (kept for a hand-over).
     pub flows: i64,
+    /// The XDP fast path's attach mode (`native`, `generic`); `None` without one.
+    #[serde(default)]
+    pub xdp: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

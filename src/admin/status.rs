@@ -84,6 +84,7 @@ pub fn build(node: &Node) -> Status {
         dsr: node.dsr.get().map(|d| DsrForwarderStatus {
             active: d.active.load(std::sync::atomic::Ordering::Acquire),
             flows: d.flows.get(),
+            xdp: d.xdp.map(|m| m.as_str().to_owned()),
         }),
     }
 }

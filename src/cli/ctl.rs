@@ -232,13 +232,17 @@ pub fn render_status(s: &Status) -> String {
     if let Some(d) = &s.dsr {
         let _ = writeln!(
             out,
-            "dsr {} · {} flows{}",
+            "dsr {} · {} flows{} · {}",
             if d.active { "forwarding" } else { "standby" },
             d.flows,
             if d.active {
                 ""
             } else {
                 " kept for a hand-over"
+            },
+            match &d.xdp {
+                Some(mode) => format!("xdp {mode}"),
+                None => "no xdp".to_owned(),
             }
         );
     }
@@ -425,11 +429,12 @@ mod tests {
             dsr: Some(DsrForwarderStatus {
                 active: false,
                 flows: 12,
+                xdp: Some("native".into()),
             }),
         };
         let t = render_status(&s);
         assert!(
-            t.contains("dsr standby · 12 flows kept for a hand-over"),
+            t.contains("dsr standby · 12 flows kept for a hand-over · xdp native"),
             "{t}"
         );
         assert!(t.contains("node lb1"), "{t}");

@@ -225,6 +225,7 @@ pub struct RawMetrics {
 pub struct RawDsr {
     pub sync_listen: Option<String>,
     pub sync_peers: Option<Vec<String>>,
+    pub xdp: Option<String>,
 }
 
 /// `[admin]`

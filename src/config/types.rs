@@ -29,6 +29,8 @@ pub struct Config {
     pub admin: Admin,
     /// `[dsr]`: the flow-table sync between balancer nodes; `None` when not configured.
     pub dsr_sync: Option<DsrSync>,
+    /// `[dsr] xdp`: whether the dsr forwarder may forward known flows in an XDP program.
+    pub dsr_xdp: DsrXdp,
 }
 
 impl Config {
@@ -49,6 +51,22 @@ impl Config {
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
     }
+}
+
+/// `[dsr] xdp`: the forwarder's fast path for frames of known flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DsrXdp {
+    /// Attach the XDP program in native (driver) mode when the kernel, the driver and the
+    /// daemon's privileges allow (CAP_BPF, kernel 5.18+), but not on a veth, whose sent-back
+    /// frames reach its peer only if the peer runs NAPI, which cannot be seen from here;
+    /// otherwise log why and forward every frame from user space.
+    #[default]
+    Auto,
+    /// Attach wherever possible: generic mode on a driver without native XDP, and on a veth
+    /// (whose peer must then have GRO on or an XDP program of its own).
+    On,
+    /// Never: every frame goes through the AF_PACKET forwarder.
+    Off,
 }
 
 /// Flow-table sync for dsr services (conntrackd's idea): the forwarding node sends each new

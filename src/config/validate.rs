@@ -439,9 +439,13 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
         .map(|v| dns(v, &services, vip.as_ref(), &root.key("dns"), r));
     let metrics = metrics(raw.metrics, &root.key("metrics"), r);
     let admin = admin(raw.admin, &root.key("admin"), r);
-    let dsr_sync = raw
-        .dsr
-        .and_then(|d| dsr_sync(d, &services, &root.key("dsr"), r));
+    let (dsr_sync, dsr_xdp) = match raw.dsr {
+        Some(mut d) => {
+            let xdp = dsr_xdp(d.xdp.take(), &root.key("dsr").key("xdp"), r);
+            (dsr_sync(d, &services, &root.key("dsr"), r), xdp)
+        }
+        None => (None, DsrXdp::default()),
+    };
     listener_clashes(&services, dns.as_ref(), &metrics, &root, r);
     Config {
         source: source.to_owned(),
@@ -455,6 +459,7 @@ fn validate(raw: RawConfig, source: &Path, r: &mut Report<'_>) -> Config {
         metrics,
         admin,
         dsr_sync,
+        dsr_xdp,
     }
 }
 
@@ -1931,6 +1936,21 @@ fn dsr_vip_groups<'a>(
                 &root.key("service").index(i).key("listen"),
                 format!("dsr VIP {ip} is in VIP group {} ({theirs}), but the dsr forwarder follows the first group's VRRP instance (vrid {first_vrid}): move dsr VIPs to the first group", n + 1),
             );
+        }
+    }
+}
+
+fn dsr_xdp(text: Option<String>, p: &FieldPath, r: &mut Report<'_>) -> DsrXdp {
+    match text.as_deref() {
+        None | Some("auto") => DsrXdp::Auto,
+        Some("on") => DsrXdp::On,
+        Some("off") => DsrXdp::Off,
+        Some(other) => {
+            r.error(
+                p,
+                format!("unknown xdp setting \"{other}\", expected one of: auto, on, off"),
+            );
+            DsrXdp::default()
         }
     }
 }

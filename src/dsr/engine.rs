@@ -50,6 +50,20 @@ pub enum Action {
     Drop(DropReason),
 }
 
+/// The frame [`Engine::handle`] forwarded last: its flow, where it went and with which MACs
+/// (what the XDP fast path needs to forward the flow's next frames itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    pub tuple: FiveTuple,
+    pub dst_mac: Mac,
+    pub src_mac: Mac,
+    /// Index into the engine's services.
+    pub service: usize,
+    /// The backend's index in its pool, valid for this snapshot generation.
+    pub backend: usize,
+    pub backend_id: BackendId,
+}
+
 struct Neighbour {
     ip: Ipv4Addr,
     mac: Option<Mac>,
@@ -85,6 +99,9 @@ pub struct Engine {
     /// Off while a node that stepped down still forwards what reaches it: the new master
     /// answers for the VIP, and a reply from here would pull the VIP's MAC back to this port.
     answer_arp: bool,
+    last_forwarded: Option<Forwarded>,
+    /// How often a known backend MAC changed to another (a replaced NIC, a moved address).
+    mac_changes: u64,
 }
 
 impl Engine {
@@ -110,6 +127,8 @@ impl Engine {
             handles,
             sync_out: None,
             answer_arp: true,
+            last_forwarded: None,
+            mac_changes: 0,
         }
     }
 
@@ -214,8 +233,71 @@ impl Engine {
     /// Records a backend's MAC (from an ARP packet or the kernel's table).
     pub fn learn(&mut self, ip: Ipv4Addr, mac: Mac) {
         if let Some(n) = self.neighbours.iter_mut().find(|n| n.ip == ip) {
+            if n.mac.is_some_and(|old| old != mac) {
+                self.mac_changes += 1;
+            }
             n.mac = Some(mac);
             n.wanted = false;
+        }
+    }
+
+    /// Changes of a known backend MAC so far: whoever copied MACs elsewhere (the XDP flow map)
+    /// refreshes them when this moves.
+    pub fn mac_changes(&self) -> u64 {
+        self.mac_changes
+    }
+
+    /// The snapshot generation the engine last synced to.
+    pub fn generation(&self) -> Option<u64> {
+        self.generation
+    }
+
+    /// What the last frame [`Engine::handle`] forwarded was.
+    pub fn last_forwarded(&self) -> Option<&Forwarded> {
+        self.last_forwarded.as_ref()
+    }
+
+    /// The (frames, bytes) counters of a service's backend (pool index, this generation).
+    pub fn counters(&self, service: usize, backend: usize) -> Option<(IntCounter, IntCounter)> {
+        self.handles
+            .get(service)
+            .and_then(Option::as_ref)
+            .and_then(|h| h.backends.get(backend))
+            .cloned()
+    }
+
+    /// A flow the fast path forwarded to `backend` since it last looked: refreshed (or put
+    /// back, if it expired here meanwhile) as if its frames had come through [`Engine::handle`],
+    /// its client's stick entry included.
+    pub fn refresh(
+        &mut self,
+        snap: &Snapshot,
+        service: usize,
+        tuple: &FiveTuple,
+        backend: BackendId,
+        now: Instant,
+        now_ms: u64,
+    ) {
+        self.sync(snap);
+        match self.flows.get(tuple, now_ms) {
+            Some(id) if id == backend => {
+                let svc = self
+                    .handles
+                    .get(service)
+                    .and_then(Option::as_ref)
+                    .and_then(|h| snap.services.get(h.index));
+                if let Some(svc) = svc {
+                    if self.flows.stick_due(tuple, now_ms, STICK_REFRESH_MS) {
+                        let key = ClientKey::new(tuple.src, svc.group.spec);
+                        svc.group.table.insert(key, id, now);
+                    }
+                }
+            }
+            // Placed elsewhere meanwhile (a synced entry): that placement stands.
+            Some(_) => {}
+            None => {
+                self.flows.insert(*tuple, backend, now_ms);
+            }
         }
     }
 
@@ -358,8 +440,16 @@ impl Engine {
                 }
                 let len = frame.len() as u64;
                 match self.forward(snap, target, &tuple, now, now_ms) {
-                    Ok((mac, service, backend)) => {
+                    Ok((mac, service, backend, backend_id)) => {
                         rewrite_macs(frame, mac, self.our_mac);
+                        self.last_forwarded = Some(Forwarded {
+                            tuple,
+                            dst_mac: mac,
+                            src_mac: self.our_mac,
+                            service,
+                            backend,
+                            backend_id,
+                        });
                         if let Some((p, b)) = self
                             .handles
                             .get(service)
@@ -404,7 +494,7 @@ impl Engine {
         Action::Pass
     }
 
-    /// The backend's MAC, the service index and the backend's index in its pool.
+    /// The backend's MAC, the service index, the backend's index in its pool and its id.
     fn forward(
         &mut self,
         snap: &Snapshot,
@@ -412,7 +502,7 @@ impl Engine {
         tuple: &FiveTuple,
         now: Instant,
         now_ms: u64,
-    ) -> Result<(Mac, usize, usize), DropReason> {
+    ) -> Result<(Mac, usize, usize, BackendId), DropReason> {
         let service = self
             .targets
             .get(target)
@@ -465,7 +555,7 @@ impl Engine {
             return Err(DropReason::NoNeighbour);
         };
         match self.neighbours.iter_mut().find(|n| n.ip == ip) {
-            Some(Neighbour { mac: Some(m), .. }) => Ok((*m, service, i)),
+            Some(Neighbour { mac: Some(m), .. }) => Ok((*m, service, i, b.id)),
             Some(n) => {
                 n.wanted = true;
                 Err(DropReason::NoNeighbour)

@@ -36,11 +36,13 @@ use tracing::{info, warn};
 
 use super::arp;
 use super::engine::{Action, Engine};
+use super::fastpath::FastPath;
 use super::flow::FlowTable;
 use super::metrics::DsrMetrics;
 use super::packet::{vrrp_virtual_mac, DropReason, Mac, Target};
 use super::sync::{self, SyncEntry, SyncError};
-use crate::config::{Config, DsrSync, Forwarding, VipMode};
+use super::xdp::AttachMode;
+use crate::config::{Config, DsrSync, DsrXdp, Forwarding, VipMode};
 use crate::snapshot::Snapshot;
 
 /// Frames per batch (`sendmmsg`, and `recvmmsg` on the fallback path).
@@ -85,6 +87,8 @@ pub struct ForwarderConfig {
     pub vip_macs: Vec<(Ipv4Addr, Mac)>,
     /// `[dsr] sync_*`: flow-table sync with the other balancer nodes.
     pub sync: Option<DsrSync>,
+    /// `[dsr] xdp`.
+    pub xdp: DsrXdp,
 }
 
 impl ForwarderConfig {
@@ -133,6 +137,7 @@ impl ForwarderConfig {
             flow_idle,
             vip_macs,
             sync: config.dsr_sync.clone(),
+            xdp: config.dsr_xdp,
         }))
     }
 }
@@ -144,12 +149,15 @@ pub struct DsrHandle {
     pub active: Arc<AtomicBool>,
     /// `portico_dsr_flows`.
     pub flows: prometheus::IntGauge,
+    /// The XDP fast path's attach mode; `None` without one.
+    pub xdp: Option<AttachMode>,
 }
 
 /// A running forwarder thread. Dropping it stops the thread.
 pub struct Forwarder {
     active: Arc<AtomicBool>,
     flows: prometheus::IntGauge,
+    xdp: Option<AttachMode>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub interface: String,
@@ -218,6 +226,34 @@ impl Forwarder {
             }
             None => None,
         };
+        let veth = interface_driver(iface).is_ok_and(|d| d == "veth");
+        let fast = match cfg.xdp {
+            DsrXdp::Off => None,
+            DsrXdp::Auto if veth => {
+                info!(interface = %iface, "dsr: no XDP fast path on a veth unless [dsr] xdp = \"on\" (the peer must run NAPI: GRO on, or an XDP program): every frame goes through user space");
+                None
+            }
+            DsrXdp::Auto | DsrXdp::On => {
+                let generic = cfg.xdp == DsrXdp::On;
+                match FastPath::open(
+                    iface,
+                    generic,
+                    cfg.max_flows,
+                    cfg.flow_idle,
+                    metrics.clone(),
+                ) {
+                    Ok(f) => {
+                        info!(interface = %iface, mode = f.mode().as_str(), "dsr: XDP fast path attached: known flows are forwarded in the driver");
+                        Some(f)
+                    }
+                    Err(e) => {
+                        warn!(interface = %iface, error = %e, "dsr: no XDP fast path ([dsr] xdp = \"off\" silences this): every frame goes through user space");
+                        None
+                    }
+                }
+            }
+        };
+        let xdp_mode = fast.as_ref().map(FastPath::mode);
         let metrics_flows = metrics.flows.clone();
         let active_flag = Arc::new(AtomicBool::new(active));
         let stop = Arc::new(AtomicBool::new(false));
@@ -227,7 +263,7 @@ impl Forwarder {
                 .name("portico-dsr".into())
                 .spawn(move || {
                     run(
-                        sock, sync_link, engine, snapshot, metrics, active, stop, iface,
+                        sock, sync_link, engine, fast, snapshot, metrics, active, stop, iface,
                     )
                 })
                 .context("starting the dsr thread")?
@@ -241,6 +277,7 @@ impl Forwarder {
         Ok(Forwarder {
             active: active_flag,
             flows: metrics_flows,
+            xdp: xdp_mode,
             stop,
             thread: Some(thread),
             interface: cfg.interface,
@@ -262,6 +299,7 @@ impl Forwarder {
         DsrHandle {
             active: self.active.clone(),
             flows: self.flows.clone(),
+            xdp: self.xdp,
         }
     }
 
@@ -314,6 +352,7 @@ fn run(
     mut sock: PacketSocket,
     mut sync_link: Option<SyncLink>,
     mut engine: Engine,
+    mut fast: Option<FastPath>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: DsrMetrics,
     active: Arc<AtomicBool>,
@@ -378,6 +417,9 @@ fn run(
             engine.reset_flows();
         }
         let forwarding = is_active || stepped_down_until.is_some();
+        if let Some(f) = fast.as_mut() {
+            f.set_active(forwarding);
+        }
         if !forwarding {
             for i in 0..n {
                 let (frame, _) = sock.frame_mut(i);
@@ -387,6 +429,10 @@ fn run(
         if forwarding && n > 0 {
             let snap = snapshot.load();
             engine.sync(&snap);
+            if let Some(f) = fast.as_mut() {
+                // Before any offer: a new generation's decisions go into an emptied map.
+                f.tick(&mut engine, &snap, now, now_ms);
+            }
             let mut fwd = 0;
             for i in 0..n {
                 let (frame, truncated) = sock.frame_mut(i);
@@ -399,6 +445,11 @@ fn run(
                         if let Some(slot) = forward.get_mut(fwd) {
                             *slot = i;
                             fwd += 1;
+                        }
+                        if let (Some(f), Some(placed)) =
+                            (fast.as_mut(), engine.last_forwarded().copied())
+                        {
+                            f.offer(&engine, &placed);
                         }
                     }
                     Action::Reply(len) => {
@@ -439,6 +490,11 @@ fn run(
                 q.clear();
             }
             link.receive(&mut engine, &snapshot, is_active, now_ms, &metrics);
+        }
+        if let Some(f) = fast.as_mut() {
+            let snap = snapshot.load();
+            engine.sync(&snap);
+            f.tick(&mut engine, &snap, now, now_ms);
         }
         if now >= next_housekeeping {
             next_housekeeping = now + HOUSEKEEPING_EVERY;
@@ -890,12 +946,7 @@ impl PacketSocket {
     }
 
     fn open_mode(iface: &str, vips: &[Ipv4Addr], mode: RxMode) -> io::Result<PacketSocket> {
-        let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
-        // SAFETY: a plain C string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let ifindex = ifindex(iface)?;
         // Protocol 0: the socket receives nothing until bound, so no frame slips in before
         // the filter is attached.
         // SAFETY: plain syscall.
@@ -1179,6 +1230,62 @@ impl PacketSocket {
 }
 
 /// The interface's MAC, from sysfs.
+/// The interface's driver as `ethtool -i` names it (`veth`, `mlx5_core`, `virtio_net`, ...).
+pub fn interface_driver(iface: &str) -> io::Result<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x03;
+    /// `struct ethtool_drvinfo`: the command, then the driver's name; the rest unread.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    if iface.len() >= libc::IFNAMSIZ {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    for (d, s) in req.name.iter_mut().zip(iface.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: plain syscall; the descriptor is owned below.
+    let raw =
+        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: `req` points at `info`; both outlive the call, and the kernel writes at most
+    // `struct ethtool_drvinfo` (196 bytes) into it.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req) })?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// The interface's index in this network namespace.
+pub fn ifindex(iface: &str) -> io::Result<u32> {
+    let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: a plain C string, alive for the call.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if i == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(i)
+}
+
 pub fn interface_mac(iface: &str) -> io::Result<Mac> {
     let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
     arp::parse_mac(text.trim()).ok_or_else(|| io::Error::other(format!("bad MAC {text:?}")))

@@ -3,13 +3,14 @@
 //! closed sets: service and backend names from the config, drop reasons from
 //! [`DropReason::ALL`].
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::packet::DropReason;
 use super::sync::SyncError;
 use crate::metrics::{
     DSR_ACTIVE, DSR_ARP_REPLIES, DSR_BYTES, DSR_DROPS, DSR_FLOWS, DSR_FLOW_MISSES, DSR_PACKETS,
-    DSR_PASSED, DSR_SYNC_APPLIED, DSR_SYNC_ERRORS, DSR_SYNC_SENT,
+    DSR_PASSED, DSR_SYNC_APPLIED, DSR_SYNC_ERRORS, DSR_SYNC_SENT, DSR_XDP_ATTACHED, DSR_XDP_ERRORS,
+    DSR_XDP_FRAMES,
 };
 
 #[derive(Clone)]
@@ -29,6 +30,12 @@ pub struct DsrMetrics {
     pub sync_applied: IntCounter,
     /// Sync datagrams or entries not used, indexed like [`SyncError::ALL`].
     pub sync_errors: Vec<IntCounter>,
+    /// Frames the XDP program forwarded (also in `packets`/`bytes` per backend).
+    pub xdp_frames: IntCounter,
+    /// 1 for the mode the XDP program is attached in (`native`, `generic`); absent without.
+    pub xdp_attached: IntGaugeVec,
+    /// Failed XDP map operations (the flow then stays on the user-space path).
+    pub xdp_errors: IntCounter,
 }
 
 impl DsrMetrics {
@@ -84,6 +91,24 @@ impl DsrMetrics {
             ),
             &["reason"],
         )?;
+        let xdp_frames = IntCounter::new(
+            DSR_XDP_FRAMES,
+            "Frames forwarded by the dsr XDP program (in the driver); included in portico_dsr_packets_total.",
+        )?;
+        let xdp_attached = IntGaugeVec::new(
+            Opts::new(
+                DSR_XDP_ATTACHED,
+                "1 while the dsr XDP program is attached, by mode (native: in the driver; generic: after the kernel built the packet).",
+            ),
+            &["mode"],
+        )?;
+        let xdp_errors = IntCounter::new(
+            DSR_XDP_ERRORS,
+            "Failed operations on the dsr XDP program's maps (the flow stays on the user-space path).",
+        )?;
+        reg.register(Box::new(xdp_frames.clone()))?;
+        reg.register(Box::new(xdp_attached.clone()))?;
+        reg.register(Box::new(xdp_errors.clone()))?;
         reg.register(Box::new(packets.clone()))?;
         reg.register(Box::new(bytes.clone()))?;
         reg.register(Box::new(flows.clone()))?;
@@ -117,6 +142,9 @@ impl DsrMetrics {
             sync_sent,
             sync_applied,
             sync_errors,
+            xdp_frames,
+            xdp_attached,
+            xdp_errors,
         })
     }
 

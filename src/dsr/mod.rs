@@ -7,6 +7,7 @@
 //! - [`arp`]: ARP for the VIP and for backend MACs (pure).
 //! - [`flow`]: the bounded flow table (pure).
 //! - [`engine`]: the per-frame decision over the snapshot (no sockets).
+//! - [`fastpath`]: the forwarder's side of the XDP fast path (which flows the program holds).
 //! - [`forwarder`]: the AF_PACKET socket, its thread, start/stop and the active flag.
 //! - [`sync`]: the flow-table sync datagram between balancer nodes (pure).
 //! - [`metrics`]: the `portico_dsr_*` families.
@@ -28,6 +29,7 @@
 
 pub mod arp;
 pub mod engine;
+pub mod fastpath;
 pub mod flow;
 pub mod forwarder;
 pub mod metrics;

@@ -124,6 +124,7 @@ pub fn config(backends: &[(&str, SocketAddr, u32)]) -> Config {
             socket: PathBuf::from("/nonexistent/admin.sock"),
         },
         dsr_sync: None,
+        dsr_xdp: portico::config::DsrXdp::default(),
     }
 }
 

@@ -160,6 +160,17 @@ impl FlowKey {
         b
     }
 
+    /// The user-space tuple of this key.
+    pub fn tuple(&self) -> FiveTuple {
+        FiveTuple {
+            src: self.saddr.into(),
+            dst: self.daddr.into(),
+            src_port: self.sport,
+            dst_port: self.dport,
+            protocol: self.protocol,
+        }
+    }
+
     /// A key read back from the map; `None` for a protocol we never insert.
     pub fn from_bytes(b: &[u8; KEY_SIZE]) -> Option<FlowKey> {
         let protocol = match b[12] {
@@ -329,10 +340,20 @@ fn load_program(insns: &[Insn], name: &str) -> Result<OwnedFd, XdpError> {
 
 /// Links `prog` to `ifindex`, natively if the driver can, else generically.
 fn attach_link(prog: &OwnedFd, ifindex: u32) -> Result<(OwnedFd, AttachMode), XdpError> {
+    attach_link_as(prog, ifindex, true)
+}
+
+/// Links `prog` to `ifindex` natively; generically too if `allow_generic` and the driver has
+/// no native XDP.
+fn attach_link_as(
+    prog: &OwnedFd,
+    ifindex: u32,
+    allow_generic: bool,
+) -> Result<(OwnedFd, AttachMode), XdpError> {
     match sys::link_create_xdp(prog, ifindex, sys::XDP_FLAGS_DRV_MODE) {
         Ok(link) => Ok((link, AttachMode::Native)),
         // The driver has no native XDP: the generic hook works on any interface.
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+        Err(e) if allow_generic && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
             sys::link_create_xdp(prog, ifindex, sys::XDP_FLAGS_SKB_MODE)
                 .map(|link| (link, AttachMode::Generic))
                 .map_err(|source| XdpError::Attach { ifindex, source })
@@ -454,6 +475,17 @@ impl Xdp {
             });
         }
         let (link, mode) = attach_link(&self.prog, ifindex)?;
+        self.link = Some((link, mode));
+        Ok(mode)
+    }
+
+    /// As [`Xdp::attach`], but in native mode only: generic mode forwards barely faster than
+    /// the AF_PACKET path, so where it is all there is, the fast path is not worth having.
+    pub fn attach_native(&mut self, ifindex: u32) -> Result<AttachMode, XdpError> {
+        if self.link.is_some() {
+            return self.attach(ifindex);
+        }
+        let (link, mode) = attach_link_as(&self.prog, ifindex, false)?;
         self.link = Some((link, mode));
         Ok(mode)
     }
