@@ -21,6 +21,7 @@
 # receive work is charged too. STEER=0 is the earlier set-up, charged by the process's own time.
 #
 # Usage (root): cargo build --release --bin portico --example dsr_blast && benches/dsr_pps.sh
+#   MODES=xdp: also --example xdp_pass; XDP_STATS=1 prints the veths' XDP counters (ethtool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -33,7 +34,12 @@ SIZES=${SIZES:-"60 1514"}
 # Frames per second the sender offers (0: as fast as it can). Find a core's capacity by
 # raising it until frames are dropped (rx-overflow) or the core is busy all the time.
 RATE=${RATE:-0}
-# Receive paths to compare (PORTICO_DSR_IO): the TPACKET_V3 ring and recvmmsg, alternated.
+# Paths to compare, alternated: the TPACKET_V3 ring and recvmmsg (PORTICO_DSR_IO, `[dsr] xdp =
+# "off"`), and xdp: the XDP program forwards every frame of a placed flow in the driver
+# (`[dsr] xdp = "on"`). For xdp the balancer's veth runs its NAPI in a kernel thread pinned to
+# CPU $LB_CPU (on a veth, NAPI otherwise runs on the sender's CPU, inline in its send), and the
+# veth's peer gets a pass-all XDP program (examples/xdp_pass.rs), without which a veth drops
+# what XDP sends back (its NAPI must run; GRO on the peer does not do it here).
 MODES=${MODES:-"ring mmsg"}
 ROUNDS=${ROUNDS:-2}
 VIP=10.200.0.100
@@ -42,13 +48,17 @@ dir=$(mktemp -d)
 pid=""
 sinks=""
 cleanup() {
-  for s in $sinks; do kill "$s" 2>/dev/null || true; done
+  for s in $sinks ${pass_pid:-}; do kill "$s" 2>/dev/null || true; done
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   for n in sw cl lb g1 g2 g3; do ip netns del "$tag$n" 2>/dev/null || true; done
   rm -rf "$dir"
 }
 trap cleanup EXIT
 [ -x "$BIN" ] && [ -x "$BLAST" ] || { echo "build first: cargo build --release --bin portico --example dsr_blast" >&2; exit 2; }
+PASS=$target/release/examples/xdp_pass
+case " $MODES " in *" xdp "*)
+  [ -x "$PASS" ] || { echo "MODES=xdp: cargo build --release --example xdp_pass" >&2; exit 2; } ;;
+esac
 
 # TOPOLOGY=bridge (the default) is the tests' segment: sender, balancer and three gateway
 # namespaces with the VIP on lo, on one bridge; the gateways count what they receive.
@@ -124,8 +134,9 @@ fi
 # frames there; the kernel then drops its own copy of each at the first look. ifmac: a VIP
 # without VRRP, on the interface's own MAC, whose copies the kernel routes before dropping.
 VMACS=${VMACS:-vmac}
-write_config() { # vmac | ifmac
-  local vip_section=""
+write_config() { # vmac | ifmac, then the path (ring | mmsg | xdp)
+  local vip_section="" xdp=off
+  [ "$2" = xdp ] && xdp=on
   if [ "$1" = vmac ]; then
     vip_section=$(printf '[vip]\naddresses = ["%s/32"]\nmode = "vrrp"\n\n[vip.vrrp]\nvrid = 51\npriority = 200\nadvert_interval_ms = 100\n' "$VIP")
   fi
@@ -159,19 +170,50 @@ listen = "10.200.0.2:9469"
 [admin]
 socket = "$dir/admin.sock"
 
+[dsr]
+xdp = "$xdp"
+
 $vip_section
 EOF
 }
+# The veth whose peer receives what the balancer sends: the sender's (wire) or the switch port.
+peer_ns() { if [ "$TOPOLOGY" = wire ]; then echo "${tag}cl"; else echo "${tag}sw"; fi; }
+peer_if() { if [ "$TOPOLOGY" = wire ]; then echo eth0; else echo "v${tag}lb"; fi; }
+napi_threads() { pgrep -d' ' '^napi/eth0-' || true; }
+napi_pids=""   # the balancer eth0's NAPI threads (they outlive one portico run)
+pass_pid=""
+xdp_setup() { # after the program is attached: NAPI in a thread on $LB_CPU, NAPI on the peer
+  local before t
+  ip netns exec "$(peer_ns)" "$PASS" "$(peer_if)" >/dev/null &
+  pass_pid=$!
+  if [ -z "$napi_pids" ]; then
+    before=" $(napi_threads) "
+    ip netns exec "${tag}lb" sh -c 'echo 1 > /sys/class/net/eth0/threaded'
+    sleep 0.2
+    for t in $(napi_threads); do
+      case "$before" in *" $t "*) ;; *) napi_pids="$napi_pids $t" ;; esac
+    done
+  fi
+  for t in $napi_pids; do taskset -pc "$LB_CPU" "$t" >/dev/null; done
+  echo "    xdp: $(metrics | grep '^portico_dsr_xdp_attached' | tr '\n' ' ')NAPI thread(s) on CPU $LB_CPU:${napi_pids:- none found}"
+}
 metrics() { ip netns exec "${tag}lb" curl -s http://10.200.0.2:9469/metrics; }
-start_lb() { # receive path: ring | mmsg
-  PORTICO_DSR_IO=$1 ip netns exec "${tag}lb" taskset -c "$LB_CPU" "$BIN" run --config "$dir/lb.toml" --workers 1 2>"$dir/lb-$1.log" &
+start_lb() { # path: ring | mmsg | xdp
+  local io=$1; [ "$io" = xdp ] && io=ring
+  PORTICO_DSR_IO=$io ip netns exec "${tag}lb" taskset -c "$LB_CPU" "$BIN" run --config "$dir/lb.toml" --workers 1 2>"$dir/lb-$1.log" &
   pid=$!
   for _ in $(seq 50); do metrics | grep -q '^portico_dsr_active 1' && break; sleep 0.1; done
+  if [ "$1" = xdp ]; then xdp_setup; fi
   sleep 1.5 # backend MACs learnt
 }
 stop_lb() {
   metrics | grep -E '^portico_dsr_drops_total' | grep -v ' 0$' | sed 's/^/    /' || true
+  if [ -n "${XDP_STATS:-}" ]; then
+    echo "    balancer eth0: $(ip netns exec "${tag}lb" ethtool -S eth0 | grep -E 'xdp|drops' | grep -v ': 0$' | tr -s ' \n' ' ')"
+    echo "    peer $(peer_if): $(ip netns exec "$(peer_ns)" ethtool -S "$(peer_if)" | grep -E 'xdp|drops' | grep -v ': 0$' | tr -s ' \n' ' ')"
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+  if [ -n "$pass_pid" ]; then kill "$pass_pid" 2>/dev/null || true; wait "$pass_pid" 2>/dev/null || true; pass_pid=""; fi
 }
 forwarded() { metrics | awk '/^portico_dsr_packets_total/ {s += $2} END {printf "%d\n", s}'; }
 gw_rx() {
@@ -189,9 +231,9 @@ if_mac=$(ip netns exec "${tag}lb" cat /sys/class/net/eth0/address)
 echo "dsr forwarder pps, one core (CPU $LB_CPU), ${SECS}s per size, receive paths: $MODES x $ROUNDS rounds, GW_SINK=${GW_SINK:-0}, RATE=$RATE, TOPOLOGY=$TOPOLOGY, STEER=$STEER, VIP MACs: $VMACS, kernel $(uname -r)"
 for round in $(seq "$ROUNDS"); do
 for vm in $VMACS; do
-write_config "$vm"
 lb_mac=$if_mac; [ "$vm" = vmac ] && lb_mac=00:00:5e:00:01:33
 for mode in $MODES; do
+  write_config "$vm" "$mode"
   start_lb "$mode"
   [ -n "${ON_START:-}" ] && eval "$ON_START"
   for size in $SIZES; do

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{CheckKind, Config, Protocol, VipMode};
+use crate::config::{CheckKind, Config, DsrXdp, Forwarding, Protocol, VipMode};
 use crate::maglev::Maglev;
 
 pub fn render_plan(c: &Config) -> String {
@@ -174,6 +174,17 @@ pub fn render_plan(c: &Config) -> String {
     if let Some(sync) = &c.dsr_sync {
         let peers: Vec<String> = sync.peers.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(o, "dsr flow sync {} <-> {}", sync.listen, peers.join(", "));
+    }
+    if c.services.iter().any(|s| s.forwarding == Forwarding::Dsr) {
+        let _ = writeln!(
+            o,
+            "dsr xdp {}",
+            match c.dsr_xdp {
+                DsrXdp::Auto => "auto: known flows forwarded in the driver (native mode, not on a veth) where the kernel and CAP_BPF allow",
+                DsrXdp::On => "on: known flows forwarded in the driver (generic mode and veths too) where the kernel and CAP_BPF allow",
+                DsrXdp::Off => "off: every frame through user space",
+            }
+        );
     }
     o
 }

@@ -245,6 +245,7 @@ fn check_prints_the_plan_or_names_file_line_and_field() {
         plan.contains("dsr flow sync 10.200.0.2:7947 <-> 10.200.0.3:7947"),
         "{plan}"
     );
+    assert!(plan.contains("dsr xdp auto: "), "{plan}");
 
     let bad = dir.join("bad.toml");
     std::fs::write(

@@ -189,7 +189,9 @@ impl Topology {
             });
             t._napi.extend(napi);
         }
-        let driver = in_ns(&t.ns("la"), || portico::dsr::forwarder::interface_driver("eth0"));
+        let driver = in_ns(&t.ns("la"), || {
+            portico::dsr::forwarder::interface_driver("eth0")
+        });
         assert_eq!(driver.ok().as_deref(), Some("veth"));
         let cl = t.ns("cl");
         for n in 2..=CLIENTS {
@@ -911,7 +913,10 @@ fn a_session_survives_a_balancer_kill_in_dsr_and_breaks_in_proxy_mode() {
     eprintln!("dsr: {echoes} echoes, longest gap {gap:?}, error {error:?}");
     assert_eq!(error, None, "the dsr session survives the hand-over");
     let status = t.admin("lb", r#"{"cmd":"status"}"#);
-    assert!(status.contains(r#""xdp":null"#), "no xdp on a veth: {status}");
+    assert!(
+        status.contains(r#""xdp":null"#),
+        "no xdp on a veth: {status}"
+    );
     // The session resumes at the client's first TCP retransmission after B took over (RTO
     // backoff: 0.2, 0.4, 0.8, 1.6 s ... apart), so the gap is bounded by the takeover time
     // plus one backed-off retransmission interval, not by any timeout of the session.
