@@ -111,6 +111,11 @@ impl FastPath {
         self.mode
     }
 
+    /// The program itself (tests run frames through it with [`Xdp::test_run`]).
+    pub fn program(&self) -> &Xdp {
+        &self.xdp
+    }
+
     /// Forwards in the driver (`true`) or passes every frame up; stopping empties the map
     /// (the engine's own table is the forwarder's business).
     pub fn set_active(&mut self, active: bool) {
@@ -128,9 +133,11 @@ impl FastPath {
         }
     }
 
-    /// The engine just forwarded `f`'s frame: the program takes the flow's next frames.
-    pub fn offer(&mut self, engine: &Engine, f: &Forwarded) {
-        if !self.active {
+    /// The engine just forwarded `frame`, of flow `f`: the program takes the flow's next
+    /// frames. Only frames the program itself would forward are offered: a VLAN-tagged flow
+    /// stays in user space, and re-inserting it with every frame would cost a syscall each.
+    pub fn offer(&mut self, engine: &Engine, f: &Forwarded, frame: &[u8]) {
+        if !self.active || frame.get(12..14) != Some(&[0x08, 0x00][..]) {
             return;
         }
         let Some(key) = FlowKey::from_tuple(&f.tuple) else {

@@ -449,7 +449,7 @@ fn run(
                         if let (Some(f), Some(placed)) =
                             (fast.as_mut(), engine.last_forwarded().copied())
                         {
-                            f.offer(&engine, &placed);
+                            f.offer(&engine, &placed, frame);
                         }
                     }
                     Action::Reply(len) => {
