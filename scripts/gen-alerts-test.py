@@ -305,6 +305,21 @@ tests = [
         ],
     ),
     case(
+        "PorticoDsrXdpErrors: map updates failing for 10 minutes; a burst that stops is not alerted",
+        {
+            f'portico_dsr_xdp_errors_total{{{L1}}}': "0+5x80",
+            f'portico_dsr_xdp_errors_total{{instance="lb2"}}': "0+50x4 200x76",
+        },
+        [
+            ("5m", "PorticoDsrXdpErrors", []),
+            (
+                "16m",
+                "PorticoDsrXdpErrors",
+                [firing("PorticoDsrXdpErrors", {"instance": "lb1"})],
+            ),
+        ],
+    ),
+    case(
         "PorticoDsrSyncErrors: datagrams from a stranger for 10 minutes",
         {
             f'portico_dsr_sync_errors_total{{{L1},reason="not_peer"}}': "0+10x80",
