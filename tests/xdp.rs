@@ -516,6 +516,29 @@ fn the_flow_table_lists_removes_and_stays_bounded() {
     assert!(n > 0 && n <= 64, "{n} entries in a 64-entry LRU table");
 }
 
+/// More flows than one batch call reads: all listed once, then all removed at once.
+#[test]
+fn thousands_of_flows_are_listed_and_cleared_in_batches() {
+    if load().is_none() {
+        return;
+    }
+    // Room for all of them: a smaller LRU table would evict some.
+    let xdp = Xdp::load(8192, MAX_GATEWAYS).expect("load");
+    let keys: Vec<FlowKey> = (0..3000u16)
+        .map(|i| key(Protocol::Tcp, 10_000 + i, 443))
+        .collect();
+    for k in &keys {
+        xdp.insert_flow(k, &value(1)).unwrap();
+    }
+    let listed: std::collections::HashSet<FlowKey> =
+        xdp.flows().unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(listed.len(), keys.len(), "every flow listed once");
+    assert!(keys.iter().all(|k| listed.contains(k)));
+    assert_eq!(xdp.clear_flows().unwrap(), keys.len());
+    assert!(xdp.flows().unwrap().is_empty());
+    assert!(xdp.flow(&keys[0]).unwrap().is_none());
+}
+
 /// The reference decoder: the 5-tuple of a frame the program may forward (the module docs'
 /// rules, written again plainly).
 fn decode(f: &[u8]) -> Option<FlowKey> {

@@ -269,15 +269,8 @@ impl FastPath {
 
     /// Removes every flow from the program's map.
     fn clear(&mut self) {
-        match self.xdp.flows() {
-            Ok(flows) => {
-                for (key, _) in flows {
-                    if let Err(e) = self.xdp.remove_flow(&key) {
-                        self.error("removing a flow", &e);
-                    }
-                }
-            }
-            Err(e) => self.error("listing flows", &e),
+        if let Err(e) = self.xdp.clear_flows() {
+            self.error("emptying the flow map", &e);
         }
     }
 

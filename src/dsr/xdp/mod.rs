@@ -565,9 +565,80 @@ impl Xdp {
         Ok(found.then(|| FlowValue::from_bytes(&value)))
     }
 
-    /// Every flow (for expiry and sync). A snapshot taken key by key: entries inserted or
+    /// Every flow (for expiry and sync), read [`BATCH`] at a time (one syscall each), or key
+    /// by key where the kernel has no batch operations for LRU hash maps. Entries inserted or
     /// removed meanwhile may or may not be in it.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, XdpError> {
+        match self.batched(false) {
+            Err(e) if batch_unsupported(&e) => self.flows_by_key(),
+            r => r.map_err(|source| XdpError::Map {
+                op: "flows lookup batch",
+                source,
+            }),
+        }
+    }
+
+    /// Empties `flows`; returns how many entries it removed.
+    pub fn clear_flows(&self) -> Result<usize, XdpError> {
+        match self.batched(true) {
+            Ok(v) => Ok(v.len()),
+            Err(e) if batch_unsupported(&e) => {
+                let flows = self.flows_by_key()?;
+                let mut n = 0;
+                for (key, _) in &flows {
+                    n += usize::from(self.remove_flow(key)?);
+                }
+                Ok(n)
+            }
+            Err(source) => Err(XdpError::Map {
+                op: "flows lookup-and-delete batch",
+                source,
+            }),
+        }
+    }
+
+    fn batched(&self, delete: bool) -> io::Result<Vec<(FlowKey, FlowValue)>> {
+        let mut keys = vec![0u8; BATCH * KEY_SIZE];
+        let mut values = vec![0u8; BATCH * VALUE_SIZE];
+        let mut out = Vec::new();
+        let mut from = None;
+        // Bounded: a map of max_flows entries takes max_flows / BATCH calls; twice that and
+        // some to spare covers a map refilled under the walk.
+        let calls = usize::try_from(self.maps.max_flows)
+            .unwrap_or(usize::MAX)
+            .div_ceil(BATCH)
+            .saturating_mul(2)
+            .saturating_add(16);
+        for _ in 0..calls {
+            let (n, next) = self
+                .maps
+                .flows
+                .batch(from.as_ref(), &mut keys, &mut values, delete)?;
+            for (k, v) in keys
+                .chunks_exact(KEY_SIZE)
+                .zip(values.chunks_exact(VALUE_SIZE))
+                .take(n)
+            {
+                let (Ok(k), Ok(v)) = (
+                    <&[u8; KEY_SIZE]>::try_from(k),
+                    <&[u8; VALUE_SIZE]>::try_from(v),
+                ) else {
+                    continue;
+                };
+                if let Some(key) = FlowKey::from_bytes(k) {
+                    out.push((key, FlowValue::from_bytes(v)));
+                }
+            }
+            match next {
+                Some(t) => from = Some(t),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Xdp::flows`] the slow way: two syscalls per entry.
+    fn flows_by_key(&self) -> Result<Vec<(FlowKey, FlowValue)>, XdpError> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut cur: Option<[u8; KEY_SIZE]> = None;
@@ -657,6 +728,20 @@ impl Xdp {
         out.truncate(len);
         Ok((action, out))
     }
+}
+
+/// Entries read per batch call.
+const BATCH: usize = 1024;
+
+/// Whether a batch call failed for want of batch support (an older kernel or map type), not
+/// for a reason the key-by-key walk would share.
+fn batch_unsupported(e: &io::Error) -> bool {
+    /// `ENOTSUPP`, the kernel-internal "not supported" some map types return.
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP | libc::ENOSPC)
+    )
 }
 
 /// A program that passes every frame, attached while this lives.

@@ -21,6 +21,8 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_int = 4;
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_TEST_RUN: libc::c_int = 10;
 const BPF_LINK_CREATE: libc::c_int = 28;
+const BPF_MAP_LOOKUP_BATCH: libc::c_int = 24;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_int = 25;
 
 /// `enum bpf_prog_type`: BPF_PROG_TYPE_XDP.
 pub const PROG_TYPE_XDP: u32 = 6;
@@ -53,6 +55,23 @@ struct MapCreateAttr {
     numa_node: u32,
     map_name: [u8; OBJ_NAME_LEN],
 }
+
+/// `union bpf_attr`'s `batch` member (BPF_MAP_*_BATCH).
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// A hash map's batch position: the kernel reads and writes a u32 bucket index; 8 bytes leave
+/// room to spare.
+pub type BatchToken = [u8; 8];
 
 #[repr(C)]
 struct ElemAttr {
@@ -262,6 +281,54 @@ impl Map {
         match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the entries after batch position `from` (the start for `None`) into `keys` and
+    /// `values` (whole numbers of keys and values, the same count of each), many per call;
+    /// returns how many it read and the position to go on from (`None`: that was the end).
+    /// With `delete`, the entries read are also removed (BPF_MAP_LOOKUP_AND_DELETE_BATCH).
+    /// Kernels without batch operations for this map type fail with EINVAL or ENOTSUPP.
+    pub fn batch(
+        &self,
+        from: Option<&BatchToken>,
+        keys: &mut [u8],
+        values: &mut [u8],
+        delete: bool,
+    ) -> io::Result<(usize, Option<BatchToken>)> {
+        let room = keys.len() / self.key_size.max(1);
+        if room == 0 || keys.len() != room * self.key_size || values.len() < room * self.value_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "batch buffers must hold the same whole number of keys and values",
+            ));
+        }
+        let mut next: BatchToken = [0; 8];
+        let mut attr = BatchAttr {
+            in_batch: from.map_or(0, |t| t.as_ptr() as u64),
+            out_batch: next.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(room).unwrap_or(u32::MAX),
+            map_fd: fd_u32(&self.fd),
+            elem_flags: 0,
+            flags: 0,
+        };
+        let cmd = if delete {
+            BPF_MAP_LOOKUP_AND_DELETE_BATCH
+        } else {
+            BPF_MAP_LOOKUP_BATCH
+        };
+        // SAFETY: the `batch` member's layout; in_batch is null or a live 8-byte token,
+        // out_batch a live writable 8-byte token (the kernel writes a u32), keys and values
+        // live writable buffers of `count` keys and values (checked above).
+        let r = unsafe { bpf(cmd, &mut attr) };
+        let read = usize::try_from(attr.count).unwrap_or(0).min(room);
+        match r {
+            Ok(_) => Ok((read, Some(next))),
+            // The end: `count` says how many the last call still read.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((read, None)),
             Err(e) => Err(e),
         }
     }
