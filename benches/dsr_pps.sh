@@ -180,21 +180,25 @@ EOF
 peer_ns() { if [ "$TOPOLOGY" = wire ]; then echo "${tag}cl"; else echo "${tag}sw"; fi; }
 peer_if() { if [ "$TOPOLOGY" = wire ]; then echo eth0; else echo "v${tag}lb"; fi; }
 napi_threads() { pgrep -d' ' '^napi/eth0-' || true; }
-napi_pids=""   # the balancer eth0's NAPI threads (they outlive one portico run)
 pass_pid=""
+napi_pids=""
 xdp_setup() { # after the program is attached: NAPI in a thread on $LB_CPU, NAPI on the peer
   local before t
-  ip netns exec "$(peer_ns)" "$PASS" "$(peer_if)" >/dev/null &
+  # Bounded, and not holding our output open: a leftover helper must not keep a pipeline
+  # that reads this script waiting.
+  ip netns exec "$(peer_ns)" "$PASS" "$(peer_if)" 600 >"$dir/xdp_pass.log" 2>&1 &
   pass_pid=$!
-  if [ -z "$napi_pids" ]; then
-    before=" $(napi_threads) "
-    ip netns exec "${tag}lb" sh -c 'echo 1 > /sys/class/net/eth0/threaded'
-    sleep 0.2
-    for t in $(napi_threads); do
-      case "$before" in *" $t "*) ;; *) napi_pids="$napi_pids $t" ;; esac
-    done
-  fi
-  for t in $napi_pids; do taskset -pc "$LB_CPU" "$t" >/dev/null; done
+  # The veth's NAPI threads come and go with its XDP program: switching threaded NAPI off and
+  # on again makes this run's threads new, so they are told apart from other interfaces'.
+  ip netns exec "${tag}lb" sh -c 'echo 0 > /sys/class/net/eth0/threaded'
+  before=" $(napi_threads) "
+  ip netns exec "${tag}lb" sh -c 'echo 1 > /sys/class/net/eth0/threaded'
+  sleep 0.2
+  napi_pids=""
+  for t in $(napi_threads); do
+    case "$before" in *" $t "*) ;; *) napi_pids="$napi_pids $t" ;; esac
+  done
+  for t in $napi_pids; do taskset -pc "$LB_CPU" "$t" >/dev/null || true; done
   echo "    xdp: $(metrics | grep '^portico_dsr_xdp_attached' | tr '\n' ' ')NAPI thread(s) on CPU $LB_CPU:${napi_pids:- none found}"
 }
 metrics() { ip netns exec "${tag}lb" curl -s http://10.200.0.2:9469/metrics; }

@@ -141,8 +141,15 @@ fn placed_flows_go_to_the_program_and_come_back_on_a_new_snapshot_or_step_down()
         for i in 1..=3 {
             engine.learn(Ipv4Addr::new(10, 200, 0, 10 + i), gateway_mac(i));
         }
-        let mut fast = FastPath::open("d0", true, 1024, Duration::from_secs(60), dsr.clone())
-            .expect("the program attaches to a veth");
+        let mut fast = FastPath::open(
+            "d0",
+            true,
+            &[US],
+            1024,
+            Duration::from_secs(60),
+            dsr.clone(),
+        )
+        .expect("the program attaches to a veth");
         let t0 = Instant::now();
         let frame = build::ipv4(US, CLIENT_MAC, CLIENT, VIP, Protocol::Tcp, 40000, 443, 100);
 

@@ -38,6 +38,7 @@ fn load() -> Option<Xdp> {
     match Xdp::load(1024, MAX_GATEWAYS) {
         Ok(x) => {
             x.set_active(true).expect("activate");
+            x.accept_mac(VIP_MAC).expect("accept the VIP's MAC");
             Some(x)
         }
         Err(e @ XdpError::Unsupported { .. }) => {
@@ -516,6 +517,33 @@ fn the_flow_table_lists_removes_and_stays_bounded() {
     assert!(n > 0 && n <= 64, "{n} entries in a 64-entry LRU table");
 }
 
+/// Only frames sent to one of the accepted MACs are forwarded: a flooded copy, or another
+/// balancer's forwarded frame (addressed to the gateway), goes up to user space, which drops
+/// it as not ours. Sending it on would start a forwarding loop.
+#[test]
+fn frames_not_addressed_to_us_pass() {
+    let Some(xdp) = load() else { return };
+    let v = value(2);
+    xdp.insert_flow(&key(Protocol::Tcp, 41000, 443), &v)
+        .unwrap();
+    let ours = tcp_frame(41000, 443);
+    assert_tx(&xdp, &ours, &v, "sent to the VIP's MAC");
+    let mut to_gateway = ours.clone();
+    to_gateway[..6].copy_from_slice(&GATEWAY_MAC);
+    assert_pass(&xdp, &to_gateway, "another node's forwarded copy");
+    let mut flooded = ours.clone();
+    flooded[..6].copy_from_slice(&[0x02, 0, 0, 0, 0x77, 0x01]);
+    assert_pass(&xdp, &flooded, "a frame for some other host");
+    let mut broadcast = ours;
+    broadcast[..6].copy_from_slice(&[0xff; 6]);
+    assert_pass(&xdp, &broadcast, "broadcast");
+    // A second accepted MAC (the interface's own, beside the VIP's virtual one).
+    xdp.accept_mac(OUR_MAC).unwrap();
+    let mut to_interface = tcp_frame(41000, 443);
+    to_interface[..6].copy_from_slice(&OUR_MAC);
+    assert_tx(&xdp, &to_interface, &v, "sent to the interface's MAC");
+}
+
 /// More flows than one batch call reads: all listed once, then all removed at once.
 #[test]
 fn thousands_of_flows_are_listed_and_cleared_in_batches() {
@@ -544,7 +572,7 @@ fn thousands_of_flows_are_listed_and_cleared_in_batches() {
 fn decode(f: &[u8]) -> Option<FlowKey> {
     let be16 =
         |at: usize| -> Option<u16> { Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?])) };
-    if f.len() < ETH + 20 || be16(12)? != 0x0800 {
+    if f.len() < ETH + 20 || be16(12)? != 0x0800 || f[..6] != VIP_MAC {
         return None;
     }
     let vihl = f[ETH];
@@ -797,6 +825,7 @@ fn loads_and_forwards_without_cap_sys_admin_or_cap_perfmon() {
             Err(e) => panic!("loading with CAP_BPF but neither CAP_SYS_ADMIN nor CAP_PERFMON: {e}"),
         };
         xdp.set_active(true).unwrap();
+        xdp.accept_mac(VIP_MAC).unwrap();
         let v = value(1);
         xdp.insert_flow(&key(Protocol::Tcp, 50000, 443), &v)
             .unwrap();
@@ -978,6 +1007,8 @@ fn xdp_tx_on_a_veth_returns_the_datagram_and_stops_when_inactive() {
     guard.0.push(b.clone());
     let Some(mut xdp) = load() else { return };
     xdp.set_active(false).unwrap();
+    // A's frames are addressed to B's interface.
+    xdp.accept_mac(B_MAC).unwrap();
 
     let mac = |m: [u8; 6]| {
         m.iter()

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::engine::{Engine, Forwarded};
 use super::metrics::DsrMetrics;
+use super::packet::Mac;
 use super::xdp::{self, AttachMode, FlowKey, FlowValue, GatewayStats, Xdp, XdpError};
 use crate::snapshot::{BackendId, Snapshot};
 
@@ -67,10 +68,13 @@ pub struct FastPath {
 
 impl FastPath {
     /// Loads the program and attaches it to `iface` (inactive: it forwards nothing until
-    /// [`FastPath::set_active`]), in native mode, or generic mode too if `generic`.
+    /// [`FastPath::set_active`]), in native mode, or generic mode too if `generic`. It takes
+    /// only frames sent to one of `macs` (the interface's, the VIPs' virtual MACs), as the
+    /// user-space path does.
     pub fn open(
         iface: &str,
         generic: bool,
+        macs: &[Mac],
         max_flows: usize,
         idle: Duration,
         metrics: DsrMetrics,
@@ -79,6 +83,9 @@ impl FastPath {
             .map_err(|source| XdpError::Attach { ifindex: 0, source })?;
         let max_flows = u32::try_from(max_flows).unwrap_or(u32::MAX).max(1);
         let mut x = Xdp::load(max_flows, MAX_GATEWAYS)?;
+        for mac in macs {
+            x.accept_mac(*mac)?;
+        }
         let mode = if generic {
             x.attach(ifindex)?
         } else {

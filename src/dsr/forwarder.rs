@@ -235,9 +235,13 @@ impl Forwarder {
             }
             DsrXdp::Auto | DsrXdp::On => {
                 let generic = cfg.xdp == DsrXdp::On;
+                let macs: Vec<Mac> = std::iter::once(mac)
+                    .chain(cfg.vip_macs.iter().map(|(_, m)| *m))
+                    .collect();
                 match FastPath::open(
                     iface,
                     generic,
+                    &macs,
                     cfg.max_flows,
                     cfg.flow_idle,
                     metrics.clone(),

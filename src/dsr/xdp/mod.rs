@@ -25,9 +25,12 @@
 //! 5. Protocol not TCP or UDP → `XDP_PASS`. TCP needs its 20-byte header within the packet
 //!    and the frame, a data offset in [20, L4 length], and neither FIN nor RST; UDP its
 //!    8-byte header. Otherwise `XDP_PASS`. The ports are read after the IPv4 options.
-//! 6. The 5-tuple (as in the frame, network order) is looked up in `flows`: a miss →
+//! 6. The destination MAC must be one of `macs` (the interface's, a VIP's virtual MAC):
+//!    else `XDP_PASS`, as the user-space path forwards only frames sent to it (a flooded
+//!    frame, or another balancer's forwarded copy of one, must never be sent on again).
+//! 7. The 5-tuple (as in the frame, network order) is looked up in `flows`: a miss →
 //!    `XDP_PASS`.
-//! 7. A hit: destination and source MAC are rewritten from the value, `last_seen_ns` is set
+//! 8. A hit: destination and source MAC are rewritten from the value, `last_seen_ns` is set
 //!    to `bpf_ktime_get_ns()`, `stats[gateway]` counts the frame and its length (an index
 //!    beyond `stats` is forwarded uncounted) → `XDP_TX`.
 //!
@@ -54,6 +57,7 @@
 //! | `flows` | LRU hash, `max_flows` entries (the kernel evicts the least recently used when full) | [`FlowKey`], 16 bytes | [`FlowValue`], 24 bytes |
 //! | `stats` | per-CPU array, `max_gateways` entries | gateway index, u32 | `{ packets: u64, bytes: u64 }` |
 //! | `control` | array, 1 entry | 0, u32 | `{ active: u32, pad: u32 }` |
+//! | `macs` | hash, 16 entries | a MAC, zero-padded to 8 bytes | u32 (unused) |
 //!
 //! `FlowKey` bytes: `saddr` 0..4, `daddr` 4..8, `sport` 8..10, `dport` 10..12 (all in network
 //! order, as in the packet, so the program copies them without swapping), `proto` 12, zero
@@ -117,6 +121,10 @@ const STATS_PACKETS: i16 = 0;
 const STATS_BYTES: i16 = 8;
 /// `control` value layout.
 const CONTROL_SIZE: usize = 8;
+/// `macs` key: a MAC in its first 6 bytes, zero after.
+pub const MAC_KEY_SIZE: usize = 8;
+/// Destination MACs the program accepts frames for (the interface's, the VIPs' virtual ones).
+pub const MAX_MACS: u32 = 16;
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -396,6 +404,7 @@ struct Maps {
     flows: Map,
     stats: Map,
     control: Map,
+    macs: Map,
     max_flows: u32,
     max_gateways: u32,
 }
@@ -427,6 +436,7 @@ impl Maps {
                 "portico_stats",
             )?,
             control: create_map(MapType::Array, 4, CONTROL_SIZE, 1, "portico_control")?,
+            macs: create_map(MapType::Hash, MAC_KEY_SIZE, 4, MAX_MACS, "portico_macs")?,
             max_flows,
             max_gateways,
         })
@@ -452,6 +462,7 @@ impl Xdp {
             flows: maps.flows.raw_fd(),
             stats: maps.stats.raw_fd(),
             control: maps.control.raw_fd(),
+            macs: maps.macs.raw_fd(),
         })?;
         let prog = load_program(&insns, "portico_dsr")?;
         Ok(Xdp {
@@ -510,6 +521,22 @@ impl Xdp {
             .update(&0u32.to_ne_bytes(), &value, sys::UPDATE_ANY)
             .map_err(|source| XdpError::Map {
                 op: "control update",
+                source,
+            })
+    }
+
+    /// Accepts frames sent to `mac` (the interface's, or a VIP's virtual MAC): the program
+    /// forwards only frames whose destination MAC it was given, as the user-space path does,
+    /// so a flooded frame or another node's forwarded copy is never sent on again (that is
+    /// how forwarding loops start).
+    pub fn accept_mac(&self, mac: Mac) -> Result<(), XdpError> {
+        let mut key = [0u8; MAC_KEY_SIZE];
+        key[..6].copy_from_slice(&mac);
+        self.maps
+            .macs
+            .update(&key, &1u32.to_ne_bytes(), sys::UPDATE_ANY)
+            .map_err(|source| XdpError::Map {
+                op: "macs update",
                 source,
             })
     }

@@ -62,6 +62,7 @@ const STACK_KEY: i16 = -16;
 const STACK_GATEWAY: i16 = -20;
 const STACK_CONTROL_KEY: i16 = -24;
 const STACK_L4: i16 = -48;
+const STACK_MAC: i16 = -56;
 // The key slot is exactly one key long, ending at the frame pointer.
 const _: () = assert!(-STACK_KEY as usize == KEY_SIZE);
 // The ports are copied as one 4-byte word: the key holds them adjacent, as the header does.
@@ -80,6 +81,7 @@ pub struct MapFds {
     pub flows: i32,
     pub stats: i32,
     pub control: i32,
+    pub macs: i32,
 }
 
 /// The forwarding program.
@@ -174,10 +176,24 @@ pub fn forwarding(fds: MapFds) -> Result<Vec<Insn>, BuildError> {
     b.jmp_imm(Cond::Lt, R8, UDP_HEADER, pass);
     load_l4(&mut b, UDP_HEADER, pass);
 
+    b.bind(key);
+    // TCP and UDP meet here. Sent to us (the interface's MAC or a VIP's virtual MAC)? The MAC, zero-padded to the
+    // map's 8-byte key, looked up in `macs`: a flooded frame or another node's forwarded
+    // copy goes up, where the user-space path drops it as not ours.
+    b.push(Insn::st(Size::DW, R10, STACK_MAC, 0));
+    b.push(Insn::ldx(Size::W, R5, R7, 0));
+    b.push(Insn::stx(Size::W, R10, STACK_MAC, R5));
+    b.push(Insn::ldx(Size::H, R5, R7, 4));
+    b.push(Insn::stx(Size::H, R10, STACK_MAC + 4, R5));
+    b.push(Insn::mov64_reg(R2, R10));
+    b.push(Insn::alu64_imm(Alu::Add, R2, i32::from(STACK_MAC)));
+    b.push2(Insn::ld_map_fd(R1, fds.macs));
+    b.push(Insn::call(Helper::MapLookupElem));
+    b.jmp_imm(Cond::Eq, R0, 0, pass);
+
     // The key on the stack, copied from the frame as it is (network order); the last 8
     // bytes are zeroed first so the padding is zero. The ports are the L4 header's first
     // 4 bytes, source then destination, the key's own order.
-    b.bind(key);
     let at = |field: i16| STACK_KEY + field;
     b.push(Insn::st(Size::DW, R10, at(KEY_SPORT), 0));
     b.push(Insn::ldx(Size::W, R5, R7, IP_SADDR));
@@ -265,6 +281,7 @@ mod tests {
         flows: 101,
         stats: 102,
         control: 103,
+        macs: 104,
     };
 
     #[test]
@@ -305,7 +322,7 @@ mod tests {
             })
             .collect();
         fds.sort_unstable();
-        assert_eq!(fds, vec![101, 102, 103]);
+        assert_eq!(fds, vec![101, 102, 103, 104]);
     }
 
     #[test]

@@ -39,6 +39,7 @@ const OBJ_NAME_LEN: usize = 16;
 /// The map types we create (`enum bpf_map_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapType {
+    Hash = 1,
     Array = 2,
     PercpuArray = 6,
     LruHash = 9,
@@ -193,7 +194,7 @@ impl Map {
                 let stride = (value_size as usize).next_multiple_of(8);
                 stride * possible_cpu_slots()?
             }
-            MapType::Array | MapType::LruHash => value_size as usize,
+            MapType::Hash | MapType::Array | MapType::LruHash => value_size as usize,
         };
         let mut attr = MapCreateAttr {
             map_type: kind as u32,
