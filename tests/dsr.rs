@@ -12,12 +12,15 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/netns.rs"]
+mod netns;
+
+use netns::{in_ns, run, sh};
 use portico::config::Protocol;
 use portico::dsr::arp;
 use portico::dsr::packet::build;
@@ -40,27 +43,6 @@ const LB_A: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 const LB_B: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
 /// Client source addresses 10.200.1.1 ..= 10.200.1.CLIENTS.
 const CLIENTS: u8 = 16;
-
-fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn sh(args: &[&str]) {
-    if let Err(e) = run(args) {
-        panic!("{e}");
-    }
-}
 
 fn ns_exec(ns: &str, args: &[&str]) {
     let mut all = vec!["ip", "netns", "exec", ns];
@@ -503,20 +485,6 @@ fn ethtool_set(iface: &str, cmd: u32, value: u32) {
         libc::close(fd);
         assert_eq!(r, 0, "ethtool {cmd:#x} on {iface}: {err}");
     }
-}
-
-/// Runs `f` on a thread that has entered network namespace `ns`: sockets it creates live there.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).expect("netns file");
-        // SAFETY: setns on a namespace file we hold open; affects this thread only.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
 }
 
 /// The gateway's answers, over TLS: a greeting naming itself and the peer it sees; then each

@@ -7,12 +7,13 @@
 //!
 //! Needs root and a kernel with BPF (5.18+); skips loudly without.
 
-use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "common/netns.rs"]
+mod netns;
 
 use portico::config::Protocol;
 use portico::controller::Controller;
@@ -80,17 +81,8 @@ impl Netns {
     }
 
     /// Runs `f` on a thread inside the namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let file = File::open(&path).expect("netns file");
-            // SAFETY: setns on a namespace file we hold open; it moves this thread only.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread")
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        netns::in_ns(&self.0, f)
     }
 }
 

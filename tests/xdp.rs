@@ -9,12 +9,11 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use netns::{in_ns, run, sh};
 use portico::config::Protocol;
 use portico::dsr::packet::build;
 use portico::dsr::xdp::{
@@ -22,6 +21,9 @@ use portico::dsr::xdp::{
     XDP_PASS, XDP_TX,
 };
 use proptest::prelude::*;
+
+#[path = "common/netns.rs"]
+mod netns;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
@@ -839,26 +841,6 @@ fn loads_and_forwards_without_cap_sys_admin_or_cap_perfmon() {
 
 // ---- On a real veth pair ----
 
-fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-#[track_caller]
-fn sh(args: &[&str]) -> String {
-    run(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// Network namespaces deleted on drop, even when the test fails (their veths go with them).
 struct Namespaces(Vec<String>);
 
@@ -870,29 +852,9 @@ impl Drop for Namespaces {
     }
 }
 
-/// Runs `f` on a thread that has entered network namespace `ns`: sockets it creates and
-/// interface indexes it resolves belong there.
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns on a namespace file we hold open; it moves this thread only.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    })
-}
-
+/// The interface's index in the calling thread's namespace.
 fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: a NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name}");
-    i
+    portico::dsr::forwarder::ifindex(name).unwrap_or_else(|e| panic!("no interface {name}: {e}"))
 }
 
 /// An AF_PACKET socket that sends whole frames out of `ifindex` (created in the caller's

@@ -423,6 +423,10 @@ fn run(
         let forwarding = is_active || stepped_down_until.is_some();
         if let Some(f) = fast.as_mut() {
             f.set_active(forwarding);
+            // Before this batch's offers: a new generation's decisions go into an emptied map.
+            let snap = snapshot.load();
+            engine.sync(&snap);
+            f.tick(&mut engine, &snap, now, now_ms);
         }
         if !forwarding {
             for i in 0..n {
@@ -433,10 +437,6 @@ fn run(
         if forwarding && n > 0 {
             let snap = snapshot.load();
             engine.sync(&snap);
-            if let Some(f) = fast.as_mut() {
-                // Before any offer: a new generation's decisions go into an emptied map.
-                f.tick(&mut engine, &snap, now, now_ms);
-            }
             let mut fwd = 0;
             for i in 0..n {
                 let (frame, truncated) = sock.frame_mut(i);
@@ -494,11 +494,6 @@ fn run(
                 q.clear();
             }
             link.receive(&mut engine, &snapshot, is_active, now_ms, &metrics);
-        }
-        if let Some(f) = fast.as_mut() {
-            let snap = snapshot.load();
-            engine.sync(&snap);
-            f.tick(&mut engine, &snap, now, now_ms);
         }
         if now >= next_housekeeping {
             next_housekeeping = now + HOUSEKEEPING_EVERY;

@@ -96,7 +96,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
 use crate::config::Protocol;
-use crate::dsr::packet::{FiveTuple, Mac};
+use crate::dsr::packet::{FiveTuple, Mac, IPPROTO_TCP, IPPROTO_UDP};
 use insn::{BuildError, Insn};
 use sys::{Map, MapType};
 
@@ -125,9 +125,6 @@ const CONTROL_SIZE: usize = 8;
 pub const MAC_KEY_SIZE: usize = 8;
 /// Destination MACs the program accepts frames for (the interface's, the VIPs' virtual ones).
 pub const MAX_MACS: u32 = 16;
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 /// A flow as the program matches it: the frame's IPv4 5-tuple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -476,6 +473,16 @@ impl Xdp {
     /// namespace) and returns the mode it got. Fails if this program is attached already, or
     /// if the interface has an XDP program of someone else's.
     pub fn attach(&mut self, ifindex: u32) -> Result<AttachMode, XdpError> {
+        self.attach_as(ifindex, true)
+    }
+
+    /// As [`Xdp::attach`], but in native mode only: generic mode forwards barely faster than
+    /// the AF_PACKET path, so where it is all there is, the fast path is not worth having.
+    pub fn attach_native(&mut self, ifindex: u32) -> Result<AttachMode, XdpError> {
+        self.attach_as(ifindex, false)
+    }
+
+    fn attach_as(&mut self, ifindex: u32, allow_generic: bool) -> Result<AttachMode, XdpError> {
         if self.link.is_some() {
             return Err(XdpError::Attach {
                 ifindex,
@@ -485,18 +492,7 @@ impl Xdp {
                 ),
             });
         }
-        let (link, mode) = attach_link(&self.prog, ifindex)?;
-        self.link = Some((link, mode));
-        Ok(mode)
-    }
-
-    /// As [`Xdp::attach`], but in native mode only: generic mode forwards barely faster than
-    /// the AF_PACKET path, so where it is all there is, the fast path is not worth having.
-    pub fn attach_native(&mut self, ifindex: u32) -> Result<AttachMode, XdpError> {
-        if self.link.is_some() {
-            return self.attach(ifindex);
-        }
-        let (link, mode) = attach_link_as(&self.prog, ifindex, false)?;
+        let (link, mode) = attach_link_as(&self.prog, ifindex, allow_generic)?;
         self.link = Some((link, mode));
         Ok(mode)
     }

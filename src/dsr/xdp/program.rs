@@ -26,6 +26,7 @@ use super::{
     KEY_DADDR, KEY_DPORT, KEY_PROTO, KEY_SADDR, KEY_SIZE, KEY_SPORT, STATS_BYTES, STATS_PACKETS,
     VALUE_GATEWAY, VALUE_LAST_SEEN,
 };
+use crate::dsr::packet;
 
 /// `enum xdp_action` values the program returns.
 pub const XDP_PASS: u32 = 2;
@@ -37,7 +38,7 @@ const MD_DATA_END: i16 = 4;
 
 /// Frame offsets (Ethernet, then IPv4 without options).
 const ETH_TYPE: i16 = 12;
-const IP: i16 = 14;
+const IP: i16 = packet::ETH_HEADER as i16;
 const IP_VER_IHL: i16 = IP;
 const IP_TOT_LEN: i16 = IP + 2;
 const IP_FRAG: i16 = IP + 6;
@@ -45,7 +46,7 @@ const IP_PROTO: i16 = IP + 9;
 const IP_SADDR: i16 = IP + 12;
 const IP_DADDR: i16 = IP + 16;
 /// Ethernet header plus an option-less IPv4 header: every fixed-offset read lies below this.
-const MIN_FRAME: i32 = 14 + 20;
+const MIN_FRAME: i32 = IP as i32 + 20;
 const TCP_HEADER: i32 = 20;
 const UDP_HEADER: i32 = 8;
 /// TCP header: data offset (high nibble) and flags bytes.
@@ -53,8 +54,8 @@ const TCP_DOFF: i16 = 12;
 const TCP_FLAGS: i16 = 13;
 const TCP_FIN: i32 = 0x01;
 const TCP_RST: i32 = 0x04;
-const IPPROTO_TCP: i32 = 6;
-const IPPROTO_UDP: i32 = 17;
+const IPPROTO_TCP: i32 = packet::IPPROTO_TCP as i32;
+const IPPROTO_UDP: i32 = packet::IPPROTO_UDP as i32;
 
 /// Stack slots (R10-relative): the flow key, the stats key, the control key, and a copy of
 /// the L4 header's first bytes (a TCP header's 20 at most).
@@ -119,7 +120,7 @@ pub fn forwarding(fds: MapFds) -> Result<Vec<Insn>, BuildError> {
     b.push(Insn::alu64_imm(Alu::Add, R1, MIN_FRAME));
     b.jmp_reg(Cond::Gt, R1, R8, pass);
     b.push(Insn::ldx(Size::H, R1, R7, ETH_TYPE));
-    b.jmp_imm(Cond::Ne, R1, wire16(0x0800), pass);
+    b.jmp_imm(Cond::Ne, R1, wire16(packet::ETHERTYPE_IPV4), pass);
 
     // Version 4, IHL >= 5; R1 = header length in bytes, in [20, 60].
     b.push(Insn::ldx(Size::B, R1, R7, IP_VER_IHL));
