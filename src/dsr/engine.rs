@@ -287,10 +287,7 @@ impl Engine {
                     .and_then(Option::as_ref)
                     .and_then(|h| snap.services.get(h.index));
                 if let Some(svc) = svc {
-                    if self.flows.stick_due(tuple, now_ms, STICK_REFRESH_MS) {
-                        let key = ClientKey::new(tuple.src, svc.group.spec);
-                        svc.group.table.insert(key, id, now);
-                    }
+                    refresh_stick(&mut self.flows, svc, tuple, id, now, now_ms);
                 }
             }
             // Placed elsewhere meanwhile (a synced entry): that placement stands.
@@ -521,10 +518,7 @@ impl Engine {
             match pool.index_of(id) {
                 Some(i) if pool.backends.get(i).is_some_and(|b| b.serves_pinned()) => {
                     chosen = Some(i);
-                    if self.flows.stick_due(tuple, now_ms, STICK_REFRESH_MS) {
-                        let key = ClientKey::new(tuple.src, svc.group.spec);
-                        svc.group.table.insert(key, id, now);
-                    }
+                    refresh_stick(&mut self.flows, svc, tuple, id, now, now_ms);
                 }
                 _ => self.flows.remove(tuple),
             }
@@ -562,6 +556,22 @@ impl Engine {
             }
             None => Err(DropReason::NoNeighbour),
         }
+    }
+}
+
+/// Refreshes the stick entry of a flow's client at most every [`STICK_REFRESH_MS`] per flow,
+/// so a client whose only traffic is one long flow keeps its pin.
+fn refresh_stick(
+    flows: &mut FlowTable,
+    svc: &crate::snapshot::ServiceView,
+    tuple: &FiveTuple,
+    id: BackendId,
+    now: Instant,
+    now_ms: u64,
+) {
+    if flows.stick_due(tuple, now_ms, STICK_REFRESH_MS) {
+        let key = ClientKey::new(tuple.src, svc.group.spec);
+        svc.group.table.insert(key, id, now);
     }
 }
 
