@@ -5,6 +5,8 @@
 # close tests whose TIME_WAIT sockets are still in the tables; this measures what that slot
 # costs any proxy. Compare "portico" (this HAProxy) against "haproxy" in the same run:
 #   PORTICO_CMD=benches/l4bench-haproxy-slot.sh ../shared/bench/l4bench.sh
+# PIN=1 adds `cpu-map auto:1/1-N 0-(N-1)` (thread i on CPU i), the HAProxy counterpart of
+# `portico run --pin-workers`, to see what pinning alone is worth to HAProxy in that slot.
 set -euo pipefail
 : "${PORTICO_LISTEN:?set by l4bench.sh}" "${PORTICO_BACKENDS:?set by l4bench.sh}" "${PORTICO_WORKDIR:?set by l4bench.sh}"
 cfg=$PORTICO_WORKDIR/haproxy-slot.cfg
@@ -15,6 +17,10 @@ IFS=, read -ra bes <<< "$PORTICO_BACKENDS"
   echo 'global'
   echo "  maxconn $maxconn"
   echo "  nbthread ${PORTICO_WORKERS:-2}"
+  if [ "${PIN:-0}" = 1 ]; then
+    n=${PORTICO_WORKERS:-2}
+    echo "  cpu-map auto:1/1-$n 0-$((n - 1))"
+  fi
   echo 'defaults'
   echo '  mode tcp'
   echo '  timeout connect 5s'

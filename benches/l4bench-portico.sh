@@ -2,6 +2,8 @@
 # PORTICO_CMD for ../shared/bench/l4bench.sh: writes a Portico config for the harness's
 # listener and backends into its scratch dir and runs the release binary on it.
 #   cargo build --release && PORTICO_CMD=benches/l4bench-portico.sh ../shared/bench/l4bench.sh
+# PORTICO_PIN=1 adds --pin-workers (data-plane thread i on CPU i); the default runs unpinned,
+# as the harness runs HAProxy (no cpu-map) and nginx (no worker_cpu_affinity).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 : "${PORTICO_LISTEN:?set by l4bench.sh}" "${PORTICO_BACKENDS:?set by l4bench.sh}" "${PORTICO_WORKDIR:?set by l4bench.sh}"
@@ -31,4 +33,6 @@ cfg=$PORTICO_WORKDIR/portico.toml
   echo '[admin]'
   echo "socket = \"$PORTICO_WORKDIR/admin.sock\""
 } > "$cfg"
-exec "${PORTICO_BIN:-$here/target/release/portico}" run --config "$cfg" --workers "${PORTICO_WORKERS:-2}"
+pin=()
+[ "${PORTICO_PIN:-0}" = 1 ] && pin=(--pin-workers)
+exec "${PORTICO_BIN:-$here/target/release/portico}" run --config "$cfg" --workers "${PORTICO_WORKERS:-2}" "${pin[@]}"

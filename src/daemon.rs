@@ -20,6 +20,7 @@ use crate::metrics::{self, Metrics};
 /// How often stick tables are expired and their gauges refreshed.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
+pub mod cpus;
 mod plane;
 mod reload;
 
@@ -190,8 +191,31 @@ pub fn default_workers() -> usize {
         .unwrap_or(1)
 }
 
+/// How many data-plane threads, and whether each is pinned to a CPU of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    pub workers: usize,
+    /// Thread `i` on the `i`-th CPU the process may use ([`cpus`]).
+    pub pin: bool,
+}
+
+impl Threads {
+    /// `workers` threads, left to the scheduler.
+    pub fn unpinned(workers: usize) -> Threads {
+        Threads {
+            workers,
+            pin: false,
+        }
+    }
+}
+
 /// [`start`] with `workers` data-plane threads.
 pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Running> {
+    start_threads(config, Threads::unpinned(workers)).await
+}
+
+/// [`start`] with the data-plane threads `threads` describes.
+pub async fn start_threads(config: Config, threads: Threads) -> anyhow::Result<Running> {
     match balancer::raise_nofile_limit() {
         Ok(n) => info!(nofile = n, "open-file limit"),
         Err(e) => warn!(error = %e, "could not raise the open-file limit"),
@@ -212,7 +236,7 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         None => None,
     };
     let dns_spec = crate::dns::ZoneSpec::from_config(&config);
-    let workers = workers.max(1);
+    let workers = threads.workers.max(1);
     let controller = Arc::new(Controller::new(config.clone(), metrics.clone())?);
     metrics.config_last_reload_success.set(
         std::time::SystemTime::now()
@@ -249,7 +273,30 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         }
         bound_now.push(plane.bind(svc, i)?);
     }
-    let mut threads = Vec::with_capacity(workers);
+    // Pinning is a tuning, not a condition of serving: a CPU set that cannot be read or a
+    // thread that cannot be pinned (a seccomp filter, a cpuset that changed under us) is
+    // logged and the thread runs where the scheduler puts it.
+    let allowed = if threads.pin {
+        match cpus::allowed() {
+            Ok(a) => {
+                if a.len() < workers {
+                    warn!(
+                        workers,
+                        cpus = a.len(),
+                        "more data-plane threads than CPUs: pinned threads share CPUs"
+                    );
+                }
+                a
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the process's CPUs: data-plane threads not pinned");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let mut dp_threads = Vec::with_capacity(workers);
     for (w, inbox) in inboxes.into_iter().enumerate() {
         let (snapshot, hard_stop, connections) =
             (snapshot.clone(), hard_stop.clone(), connections.clone());
@@ -257,13 +304,22 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
             .enable_all()
             .build()
             .context("starting a data-plane runtime")?;
+        let cpu = cpus::for_worker(w, &allowed);
         let t = std::thread::Builder::new()
             .name(format!("portico-dp{w}"))
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    match cpus::pin_current_thread(cpu) {
+                        Ok(()) => info!(thread = w, cpu, "data-plane thread pinned"),
+                        Err(e) => {
+                            warn!(thread = w, cpu, error = %e, "data-plane thread not pinned")
+                        }
+                    }
+                }
                 rt.block_on(plane::worker(inbox, snapshot, hard_stop, connections));
             })
             .context("starting a data-plane thread")?;
-        threads.push(t);
+        dp_threads.push(t);
     }
     let mut bound = Vec::with_capacity(bound_now.len());
     for b in bound_now {
@@ -341,7 +397,7 @@ pub async fn start_with(config: Config, workers: usize) -> anyhow::Result<Runnin
         metrics_addr,
         heartbeat,
         node,
-        threads,
+        threads: dp_threads,
         admin_socket: None,
         dns_addrs,
         dsr,
@@ -402,7 +458,7 @@ fn follow_mastership(
 }
 
 /// Runs until SIGTERM or SIGINT (SIGHUP reloads), then drains for the configured time.
-pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
+pub async fn run(config: Config, threads: Threads) -> anyhow::Result<()> {
     let drain = config.balancer.drain_timeout;
     // What can fail for want of descriptors or rights is set up before the listeners take
     // clients: the admin socket and the signal handlers. Handlers also come before READY=1:
@@ -411,7 +467,7 @@ pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     let admin_path = config.admin.socket.clone();
     let admin = crate::admin::bind(&admin_path)?;
     let signals = Signals::install()?;
-    let mut running = match start_with(config, workers).await {
+    let mut running = match start_threads(config, threads).await {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&admin_path);

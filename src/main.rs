@@ -26,6 +26,10 @@ enum Command {
         /// Data-plane threads (default: one per CPU).
         #[arg(long)]
         workers: Option<usize>,
+        /// Pin data-plane thread i to the i-th CPU the process may use (as HAProxy's
+        /// `cpu-map auto`); for a host that serves mostly Portico.
+        #[arg(long)]
+        pin_workers: bool,
     },
     /// Validate a config file and print the plan it describes; exit 1 on any mistake.
     Check {
@@ -453,7 +457,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, workers } => {
+        Command::Run {
+            config,
+            workers,
+            pin_workers,
+        } => {
             init_logging();
             let cfg = match portico::config::load(&config) {
                 Ok(c) => c,
@@ -465,7 +473,11 @@ fn main() -> ExitCode {
             let workers = workers.unwrap_or_else(portico::daemon::default_workers);
             // The data plane runs on its own threads; this runtime carries the control plane
             // (metrics, housekeeping, UDP, signals), which needs little.
-            run_async(Some(2), portico::daemon::run(cfg, workers))
+            let threads = portico::daemon::Threads {
+                workers,
+                pin: pin_workers,
+            };
+            run_async(Some(2), portico::daemon::run(cfg, threads))
         }
         Command::Lab {
             port_base,

@@ -493,3 +493,86 @@ async fn sim_gateway_process_checks_tokens_and_takes_faults() {
     assert!(st.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `run --pin-workers`: each data-plane thread on its own CPU of the process's set, the
+/// control plane left to the scheduler, and clients served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_workers_puts_each_data_plane_thread_on_a_cpu_of_its_own() {
+    let allowed = portico::daemon::cpus::allowed().expect("this process's CPUs");
+    let gws = gateways(&["web01"]).await;
+    let dir = tempdir("pin");
+    let cfg = dir.join("p.toml");
+    let port = free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nname = \"t\"\n[[service]]\nname = \"s\"\nlisten = \"127.0.0.1:{port}\"\npool = \"p\"\n\
+             [pool.p]\nbackends = [{{ name = \"web01\", address = \"{}\" }}]\n\
+             [metrics]\nlisten = \"off\"\n[admin]\nsocket = \"{}/a.sock\"\n",
+            gws[0].addr,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut g = Proc(
+        Command::new(BIN)
+            .args(["run", "--workers", "2", "--pin-workers", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let err = g.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    while !log.iter().any(|l: &String| l.contains("listening")) {
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no listener logged: {log:?}"));
+        log.push(l);
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(which_gateway(source(7), addr).await.unwrap(), "web01");
+
+    let cpus_of = |name: &str| -> Vec<String> {
+        let mut found = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{}/task", g.0.id())).unwrap() {
+            let t = t.unwrap().path();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+                let list = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                found.push(list);
+            }
+        }
+        found
+    };
+    for w in 0..2 {
+        let want = allowed[w % allowed.len()].to_string();
+        assert_eq!(
+            cpus_of(&format!("portico-dp{w}")),
+            [want],
+            "data-plane thread {w}; log: {log:?}"
+        );
+    }
+    if allowed.len() > 1 {
+        let control = cpus_of("portico");
+        assert!(!control.is_empty(), "control-plane threads found");
+        assert!(
+            control.iter().all(|l| l.contains('-') || l.contains(',')),
+            "control plane left on every CPU: {control:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
