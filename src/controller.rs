@@ -356,23 +356,6 @@ impl Controller {
             if eligible_count == 0 {
                 warn!(pool = %pool.name, "pool has no eligible backend: new clients will be refused");
             }
-            for b in &backends {
-                let labels = &[pool.name.as_str(), &*b.name];
-                self.metrics
-                    .backend_up
-                    .with_label_values(labels)
-                    .set(b.eligible() as i64);
-                self.metrics
-                    .backend_weight
-                    .with_label_values(labels)
-                    .set(i64::from(b.weight.get()));
-                for s in AdminState::ALL {
-                    self.metrics
-                        .backend_admin_state
-                        .with_label_values(&[pool.name.as_str(), &*b.name, s.as_str()])
-                        .set((b.admin == s) as i64);
-                }
-            }
             pools.push(PoolView {
                 name: Arc::from(pool.name.as_str()),
                 backends,
@@ -459,8 +442,35 @@ impl Controller {
             .snapshot_generation
             .set(inner.generation as i64);
         info!(generation = inner.generation, "snapshot published");
-        self.snapshot.store(Arc::new(snap));
+        let snap = Arc::new(snap);
+        self.snapshot.store(snap.clone());
+        // Only now: whoever sees `portico_backend_up` at 0 (an operator, an alert, a drill
+        // script) may rely on new connections no longer reaching that backend. Set while
+        // building, the gauge ran ahead of the data plane by the rest of the rebuild.
+        self.publish_backend_gauges(&snap);
         Ok(())
+    }
+
+    fn publish_backend_gauges(&self, snap: &Snapshot) {
+        for pool in &snap.pools {
+            for b in &pool.backends {
+                let labels = &[&*pool.name, &*b.name];
+                self.metrics
+                    .backend_up
+                    .with_label_values(labels)
+                    .set(b.eligible() as i64);
+                self.metrics
+                    .backend_weight
+                    .with_label_values(labels)
+                    .set(i64::from(b.weight.get()));
+                for s in AdminState::ALL {
+                    self.metrics
+                        .backend_admin_state
+                        .with_label_values(&[&*pool.name, &*b.name, s.as_str()])
+                        .set((b.admin == s) as i64);
+                }
+            }
+        }
     }
 }
 
