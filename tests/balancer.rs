@@ -446,3 +446,71 @@ async fn a_clients_first_bytes_survive_a_retry_and_are_counted_once() {
     assert!(retries >= expect, "retries {retries} < {expect}");
     d.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A transfer that keeps both directions full (a file copy over the gateway while the screen
+/// streams): 24 MiB each way at once, through a backend that echoes as it reads, must arrive
+/// intact and in order, the half-close must still pass (the client's FIN after the bulk, the
+/// backend's after its echo), and every byte must be counted once in each direction. This
+/// used to stall after a few MiB with the relay's thread spinning (tokio's cooperative budget,
+/// `pump` in src/balancer/copy.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_arrives_intact_both_ways_and_is_counted_once() {
+    const LEN: usize = 24 << 20;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let baddr = l.local_addr().unwrap();
+    // Every connection echoed (health probes connect too) and its byte count reported.
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let echo = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                if let Ok(n) = tokio::io::copy(&mut r, &mut w).await {
+                    let _ = w.shutdown().await;
+                    let _ = done_tx.send(n);
+                }
+            });
+        }
+    });
+    let d = start(&[("web01", baddr, 1)]).await;
+    let vip = d.local_addr("rdgw-https").unwrap();
+    let c = tcp_from(source(9), vip).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    let pattern = |i: usize| ((i * 7 + i / 4099) % 253) as u8;
+    let writer = tokio::spawn(async move {
+        let chunk: Vec<u8> = (0..LEN).map(pattern).collect();
+        w.write_all(&chunk).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::with_capacity(LEN);
+    let res = tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut got)).await;
+    assert!(
+        matches!(res, Ok(Ok(_))),
+        "the echo and the backend's FIN within 30 s: {res:?} after {} bytes",
+        got.len()
+    );
+    writer.await.unwrap();
+    assert_eq!(got.len(), LEN, "every byte back, then EOF");
+    let first_bad = got.iter().enumerate().position(|(i, &b)| b != pattern(i));
+    assert_eq!(first_bad, None, "bytes intact and in order");
+    let mut echoed = 0;
+    while echoed != LEN as u64 {
+        echoed = tokio::time::timeout(Duration::from_secs(5), done.recv())
+            .await
+            .expect("the backend saw the client's FIN")
+            .unwrap();
+    }
+    echo.abort();
+    let m = scrape(d.metrics_addr.unwrap()).await;
+    for dir in ["to_backend", "to_client"] {
+        let series = format!(
+            "portico_backend_bytes_total{{backend=\"web01\",direction=\"{dir}\",service=\"rdgw-https\"}}"
+        );
+        assert_eq!(
+            metric(&m, &series),
+            LEN as f64,
+            "{dir}: each byte counted once"
+        );
+    }
+    d.shutdown(Duration::from_secs(1)).await;
+}

@@ -234,6 +234,15 @@ async fn pump(
         match r {
             Ok(Drained::Eof) => {}
             Ok(Drained::Short) if fin_seen => {}
+            // A read that found no data, or one that tokio refused because the task's
+            // cooperative budget is spent. `ready()` spends no budget and answers at once in
+            // the latter case, so without this the task would loop here without ever yielding
+            // (a relay with both directions full, 24 MiB each way in tests/balancer.rs, spun
+            // its data-plane thread at 100 % and stalled every connection on it).
+            Ok(Drained::Pending) => {
+                tokio::task::coop::consume_budget().await;
+                continue;
+            }
             Ok(_) => continue,
             Err(e) => return Err(e),
         }
@@ -252,7 +261,7 @@ enum Drained {
     Eof,
     /// A short read: the socket's receive queue is empty.
     Short,
-    /// Not readable after all (spurious readiness).
+    /// Not readable after all (spurious readiness), or tokio's cooperative budget is spent.
     Pending,
 }
 
