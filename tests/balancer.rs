@@ -514,3 +514,86 @@ async fn a_bulk_transfer_arrives_intact_both_ways_and_is_counted_once() {
     }
     d.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A long download (an RDG_OUT_DATA channel streaming a screen, a file copy) must not hold up
+/// the other clients served by the same data-plane thread: with one thread, a console that
+/// connects while a 3-second stream runs at full speed gets its answer at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_download_does_not_hold_up_other_clients_on_its_thread() {
+    const STREAM: Duration = Duration::from_secs(3);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let baddr = l.local_addr().unwrap();
+    // 'S' asks for the stream, anything else is echoed once.
+    let backend = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                let Ok(n) = s.read(&mut first).await else {
+                    return;
+                };
+                if n > 0 && first[0] == b'S' {
+                    let chunk = vec![0x5au8; 64 * 1024];
+                    let t0 = std::time::Instant::now();
+                    while t0.elapsed() < STREAM {
+                        if s.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = s.shutdown().await;
+                } else {
+                    let _ = s.write_all(&first[..n]).await;
+                }
+            });
+        }
+    });
+    let d = portico::daemon::start_with(config(&[("web01", baddr, 1)]), 1)
+        .await
+        .expect("daemon starts");
+    let vip = d.local_addr("rdgw-https").unwrap();
+
+    let mut down = tcp_from(source(11), vip).await.unwrap();
+    down.write_all(b"S").await.unwrap();
+    let (seen_tx, seen) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut total, mut seen_tx) = (0usize, Some(seen_tx));
+        loop {
+            match down.read(&mut buf).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+            if total >= 4 << 20 {
+                if let Some(tx) = seen_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), seen)
+        .await
+        .expect("the download is under way within 10 s")
+        .unwrap();
+
+    let t0 = std::time::Instant::now();
+    let mut other = tcp_from(source(12), vip).await.unwrap();
+    other.write_all(b"Eping").await.unwrap();
+    let mut back = [0u8; 5];
+    let answered = tokio::time::timeout(Duration::from_secs(2), other.read_exact(&mut back)).await;
+    let took = t0.elapsed();
+    assert!(
+        matches!(answered, Ok(Ok(_))),
+        "the other client answered within 2 s of connecting: {answered:?}"
+    );
+    assert_eq!(&back, b"Eping");
+    assert!(
+        !reader.is_finished(),
+        "answered while the download ran ({took:?})"
+    );
+    let total = tokio::time::timeout(STREAM + Duration::from_secs(10), reader)
+        .await
+        .expect("the download ends")
+        .unwrap();
+    assert!(total > 4 << 20, "the download went on: {total} bytes");
+    backend.abort();
+    d.shutdown(Duration::from_secs(1)).await;
+}
