@@ -207,6 +207,11 @@ async fn relay_back(
                                 Ok(_) => counters.datagrams_to_client.inc(),
                                 Err(_) => drops.inc(),
                             }
+                            // `try_recv` spends none of tokio's cooperative budget: a gateway
+                            // sending faster than this loop forwards would otherwise keep it
+                            // from ever reaching WouldBlock, and the runtime's other tasks
+                            // from running.
+                            tokio::task::coop::consume_budget().await;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         // ECONNREFUSED from an ICMP port unreachable: the backend is not
