@@ -7,6 +7,8 @@
 #   PORTICO_CMD=benches/l4bench-haproxy-slot.sh ../shared/bench/l4bench.sh
 # PIN=1 adds `cpu-map auto:1/1-N 0-(N-1)` (thread i on CPU i), the HAProxy counterpart of
 # `portico run --pin-workers`, to see what pinning alone is worth to HAProxy in that slot.
+# BATCH=1 runs HAProxy under SCHED_BATCH (`chrt -b 0`), as Portico runs its data-plane threads
+# by default (`--worker-scheduling batch`), to see what the policy is worth to HAProxy there.
 set -euo pipefail
 : "${PORTICO_LISTEN:?set by l4bench.sh}" "${PORTICO_BACKENDS:?set by l4bench.sh}" "${PORTICO_WORKDIR:?set by l4bench.sh}"
 cfg=$PORTICO_WORKDIR/haproxy-slot.cfg
@@ -34,4 +36,6 @@ IFS=, read -ra bes <<< "$PORTICO_BACKENDS"
   i=0
   for be in "${bes[@]}"; do i=$((i + 1)); echo "  server b$i $be"; done
 } > "$cfg"
-exec haproxy -db -f "$cfg"
+batch=()
+[ "${BATCH:-0}" = 1 ] && batch=(chrt -b 0)
+exec "${batch[@]}" haproxy -db -f "$cfg"

@@ -4,6 +4,8 @@
 #   cargo build --release && PORTICO_CMD=benches/l4bench-portico.sh ../shared/bench/l4bench.sh
 # PORTICO_PIN=1 adds --pin-workers (data-plane thread i on CPU i); the default runs unpinned,
 # as the harness runs HAProxy (no cpu-map) and nginx (no worker_cpu_affinity).
+# PORTICO_SCHED=normal runs the data-plane threads under the kernel's default policy instead of
+# portico run's default SCHED_BATCH (`--worker-scheduling`), for an A/B of the two.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 : "${PORTICO_LISTEN:?set by l4bench.sh}" "${PORTICO_BACKENDS:?set by l4bench.sh}" "${PORTICO_WORKDIR:?set by l4bench.sh}"
@@ -35,4 +37,5 @@ cfg=$PORTICO_WORKDIR/portico.toml
 } > "$cfg"
 pin=()
 [ "${PORTICO_PIN:-0}" = 1 ] && pin=(--pin-workers)
-exec "${PORTICO_BIN:-$here/target/release/portico}" run --config "$cfg" --workers "${PORTICO_WORKERS:-2}" "${pin[@]}"
+exec "${PORTICO_BIN:-$here/target/release/portico}" run --config "$cfg" --workers "${PORTICO_WORKERS:-2}" \
+  --worker-scheduling "${PORTICO_SCHED:-batch}" "${pin[@]}"

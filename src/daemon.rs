@@ -23,6 +23,7 @@ pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 pub mod cpus;
 mod plane;
 mod reload;
+pub mod sched;
 
 pub use plane::Live;
 pub use reload::{Node, ReloadError, ReloadOutcome};
@@ -191,20 +192,24 @@ pub fn default_workers() -> usize {
         .unwrap_or(1)
 }
 
-/// How many data-plane threads, and whether each is pinned to a CPU of its own.
+/// How many data-plane threads, whether each is pinned to a CPU of its own, and their
+/// scheduling policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Threads {
     pub workers: usize,
     /// Thread `i` on the `i`-th CPU the process may use ([`cpus`]).
     pub pin: bool,
+    /// [`sched`]; `portico run` defaults to batch.
+    pub scheduling: sched::WorkerScheduling,
 }
 
 impl Threads {
-    /// `workers` threads, left to the scheduler.
+    /// `workers` threads, left to the scheduler as they start (unpinned, default policy).
     pub fn unpinned(workers: usize) -> Threads {
         Threads {
             workers,
             pin: false,
+            scheduling: sched::WorkerScheduling::Normal,
         }
     }
 }
@@ -305,9 +310,16 @@ pub async fn start_threads(config: Config, threads: Threads) -> anyhow::Result<R
             .build()
             .context("starting a data-plane runtime")?;
         let cpu = cpus::for_worker(w, &allowed);
+        let scheduling = threads.scheduling;
         let t = std::thread::Builder::new()
             .name(format!("portico-dp{w}"))
             .spawn(move || {
+                // Like pinning, a tuning: a thread whose policy cannot be set serves anyway.
+                match sched::apply_to_current_thread(scheduling) {
+                    Ok(true) => info!(thread = w, policy = %scheduling, "data-plane thread scheduling policy set"),
+                    Ok(false) => {}
+                    Err(e) => warn!(thread = w, policy = %scheduling, error = %e, "data-plane thread keeps the default scheduling policy"),
+                }
                 if let Some(cpu) = cpu {
                     match cpus::pin_current_thread(cpu) {
                         Ok(()) => info!(thread = w, cpu, "data-plane thread pinned"),

@@ -30,6 +30,11 @@ enum Command {
         /// `cpu-map auto`); for a host that serves mostly Portico.
         #[arg(long)]
         pin_workers: bool,
+        /// Scheduling policy of the data-plane threads: `batch` (SCHED_BATCH: no wake-up
+        /// preemption, so a woken thread handles a batch of events; the default) or `normal`
+        /// (SCHED_OTHER, as the kernel starts threads). The control plane stays `normal`.
+        #[arg(long, default_value_t = portico::daemon::sched::WorkerScheduling::Batch)]
+        worker_scheduling: portico::daemon::sched::WorkerScheduling,
     },
     /// Validate a config file and print the plan it describes; exit 1 on any mistake.
     Check {
@@ -461,6 +466,7 @@ fn main() -> ExitCode {
             config,
             workers,
             pin_workers,
+            worker_scheduling,
         } => {
             init_logging();
             let cfg = match portico::config::load(&config) {
@@ -476,6 +482,7 @@ fn main() -> ExitCode {
             let threads = portico::daemon::Threads {
                 workers,
                 pin: pin_workers,
+                scheduling: worker_scheduling,
             };
             run_async(Some(2), portico::daemon::run(cfg, threads))
         }

@@ -496,11 +496,32 @@ async fn sim_gateway_process_checks_tokens_and_takes_faults() {
 
 /// `run --pin-workers`: each data-plane thread on its own CPU of the process's set, the
 /// control plane left to the scheduler, and clients served as before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pin_workers_puts_each_data_plane_thread_on_a_cpu_of_its_own() {
-    let allowed = portico::daemon::cpus::allowed().expect("this process's CPUs");
+/// `portico run` serving one service with one gateway behind it; on drop the process is
+/// stopped (first) and the scratch dir removed, even when an assertion failed.
+struct OneService {
+    proc: Proc,
+    /// What it logged until it listened.
+    log: Vec<String>,
+    dir: std::path::PathBuf,
+    _gateway: Vec<portico::lab::StandIn>,
+}
+
+impl Drop for OneService {
+    fn drop(&mut self) {
+        if let Ok(None) = self.proc.0.try_wait() {
+            // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+            unsafe { libc::kill(self.proc.0.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let _ = wait_exit(&mut self.proc.0, Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `portico run ARGS` on a one-service config and waits until a client reaches the
+/// gateway through it.
+async fn run_one_service(tag: &str, args: &[&str]) -> OneService {
     let gws = gateways(&["web01"]).await;
-    let dir = tempdir("pin");
+    let dir = tempdir(tag);
     let cfg = dir.join("p.toml");
     let port = free_port();
     std::fs::write(
@@ -516,7 +537,9 @@ async fn pin_workers_puts_each_data_plane_thread_on_a_cpu_of_its_own() {
     .unwrap();
     let mut g = Proc(
         Command::new(BIN)
-            .args(["run", "--workers", "2", "--pin-workers", "--config"])
+            .arg("run")
+            .args(args)
+            .arg("--config")
             .arg(&cfg)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -539,31 +562,49 @@ async fn pin_workers_puts_each_data_plane_thread_on_a_cpu_of_its_own() {
     }
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(which_gateway(source(7), addr).await.unwrap(), "web01");
+    OneService {
+        proc: g,
+        log,
+        dir,
+        _gateway: gws,
+    }
+}
 
-    let cpus_of = |name: &str| -> Vec<String> {
-        let mut found = Vec::new();
-        for t in std::fs::read_dir(format!("/proc/{}/task", g.0.id())).unwrap() {
-            let t = t.unwrap().path();
-            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
-            if comm.trim() == name {
-                let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
-                let list = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
-                found.push(list);
-            }
+/// For each of `pid`'s threads named `name`, what `read` takes from its /proc directory.
+fn threads_named<T>(pid: u32, name: &str, read: impl Fn(&std::path::Path) -> T) -> Vec<T> {
+    let mut found = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            found.push(read(&t));
         }
-        found
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_workers_puts_each_data_plane_thread_on_a_cpu_of_its_own() {
+    let allowed = portico::daemon::cpus::allowed().expect("this process's CPUs");
+    let p = run_one_service("pin", &["--workers", "2", "--pin-workers"]).await;
+    let cpus_of = |name: &str| -> Vec<String> {
+        threads_named(p.proc.0.id(), name, |t| {
+            let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
     };
     for w in 0..2 {
         let want = allowed[w % allowed.len()].to_string();
         assert_eq!(
             cpus_of(&format!("portico-dp{w}")),
             [want],
-            "data-plane thread {w}; log: {log:?}"
+            "data-plane thread {w}; log: {:?}",
+            p.log
         );
     }
     if allowed.len() > 1 {
@@ -574,5 +615,48 @@ async fn pin_workers_puts_each_data_plane_thread_on_a_cpu_of_its_own() {
             "control plane left on every CPU: {control:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A thread's scheduling policy, field 41 of its `stat` (counted after the parenthesised
+/// name, which may hold spaces).
+fn policy_of(task: &std::path::Path) -> i32 {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+    let after_name = &stat[stat.rfind(')').map(|i| i + 1).unwrap_or(0)..];
+    after_name
+        .split_whitespace()
+        .nth(41 - 3)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_threads_run_sched_batch_by_default_and_the_control_plane_does_not() {
+    let p = run_one_service("sched", &["--workers", "2"]).await;
+    for w in 0..2 {
+        assert_eq!(
+            threads_named(p.proc.0.id(), &format!("portico-dp{w}"), policy_of),
+            [libc::SCHED_BATCH],
+            "data-plane thread {w}; log: {:?}",
+            p.log
+        );
+    }
+    let control = threads_named(p.proc.0.id(), "portico", policy_of);
+    assert!(!control.is_empty());
+    assert!(
+        control.iter().all(|&c| c == libc::SCHED_OTHER),
+        "{control:?}"
+    );
+    drop(p);
+
+    let p = run_one_service(
+        "sched-normal",
+        &["--workers", "2", "--worker-scheduling", "normal"],
+    )
+    .await;
+    assert_eq!(
+        threads_named(p.proc.0.id(), "portico-dp0", policy_of),
+        [libc::SCHED_OTHER],
+        "log: {:?}",
+        p.log
+    );
 }
