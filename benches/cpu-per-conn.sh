@@ -17,6 +17,10 @@
 # scheduling (/proc/sys/kernel/sched_autogroup_enabled) each is a scheduling group of its own
 # that competes as one entity with the group holding wrk and nginx; l4bench starts PORTICO_CMD
 # that way and its own HAProxy not. OWN_SESSION=portico: only Portico, as l4bench does.
+# ARGS_A / ARGS_B: extra `portico run` arguments for the first / second Portico, e.g.
+#   ARGS_A="--worker-scheduling normal" PORTICO_BIN_B=target/release/portico ...  # policy A/B
+# HOGS=N: N busy loops, each in a session of its own, run during the rounds (a neighbour that
+# saturates the CPUs; each ends with the script or after 10 minutes at most).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 A=${PORTICO_BIN:-$here/target/release/portico}
@@ -54,9 +58,10 @@ socket = "$d/$1.sock"
 T
 }
 mk old 18090; mk new 18092
-$(own portico) "$A" run --config $d/old.toml --workers "${WORKERS:-1}" >$d/old.log 2>&1 & OLD=$!
+read -ra args_a <<< "${ARGS_A:-}"; read -ra args_b <<< "${ARGS_B:-}"
+$(own portico) "$A" run --config $d/old.toml --workers "${WORKERS:-1}" ${args_a[@]+"${args_a[@]}"} >$d/old.log 2>&1 & OLD=$!
 NEW=
-if [ -n "$B" ]; then $(own portico) "$B" run --config $d/new.toml --workers "${WORKERS:-1}" >$d/new.log 2>&1 & NEW=$!; fi
+if [ -n "$B" ]; then $(own portico) "$B" run --config $d/new.toml --workers "${WORKERS:-1}" ${args_b[@]+"${args_b[@]}"} >$d/new.log 2>&1 & NEW=$!; fi
 cat > $d/haproxy.cfg <<H
 global
   nbthread ${WORKERS:-1}
@@ -72,7 +77,9 @@ listen bench
 $HBE2
 H
 $(own haproxy) haproxy -f $d/haproxy.cfg >$d/haproxy.log 2>&1 & HAP=$!
-trap 'kill $OLD $NEW $NGPID $HAP 2>/dev/null; sleep 0.3; rm -rf "$d"' EXIT
+HOGPIDS=
+for _ in $(seq "${HOGS:-0}"); do setsid timeout 600 sh -c 'while :; do :; done' & HOGPIDS="$HOGPIDS $!"; done
+trap 'kill $OLD $NEW $NGPID $HAP $HOGPIDS 2>/dev/null; sleep 0.3; rm -rf "$d"' EXIT
 sleep 1.5
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 nginx_cpu() { for p in $NGPID $(pgrep -P $NGPID); do cpu $p; done | awk '{s += $1} END {print s}'; }
