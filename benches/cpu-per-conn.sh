@@ -23,8 +23,9 @@
 # saturates the CPUs; each ends with the script or after 10 minutes at most).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-A=${PORTICO_BIN:-$here/target/release/portico}
+A=$(realpath "${PORTICO_BIN:-$here/target/release/portico}")
 B=${PORTICO_BIN_B:-}
+[ -z "$B" ] || B=$(realpath "$B")  # the rounds run in a scratch dir
 ROUNDS=${ROUNDS:-3}
 # MODE=close: a new connection per request (the default); MODE=keepalive: requests on kept
 # connections, so the figure is CPU per relayed request/response.
