@@ -10,8 +10,8 @@
 //! meanwhile. It changes nothing on an idle CPU and needs no privilege. Measured in
 //! `docs/benchmarks.md` (session 6): where Portico is a scheduling group of its own, as a
 //! systemd service is, it handled 12 % more keep-alive requests per second (five alternating
-//! rounds, more in each) at 10–20 % less CPU per request; new connections and bulk did not
-//! move, and neither did keep-alive where Portico shares a group with its load.
+//! rounds, more in each) at up to 20 % less CPU per request; the new-connection rate did not
+//! move, nor did keep-alive where Portico shares a scheduling group with its load.
 //!
 //! The control plane (VRRP adverts, probes, DNS, admin) keeps the default policy: an advert
 //! late by a tick matters more there than a batch saved.
