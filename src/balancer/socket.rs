@@ -76,19 +76,46 @@ fn set_stream_options(sock: &SockRef<'_>) -> io::Result<()> {
 /// Options: no Nagle. No keepalive: the gateways sit on the balancer's LAN, where a vanished
 /// peer shows up as a reset, and the idle timeout bounds the rest; every syscall counts on
 /// short connections.
-pub fn start_connect(addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+///
+/// `data_follows`: the caller has bytes to send as soon as the handshake is done (the client's
+/// early bytes). The handshake's last ACK then waits for them and travels with them
+/// (`TCP_DEFER_ACCEPT` on a connecting socket: the kernel holds that ACK while data is due),
+/// so the backend's accept queue sees the connection only when its first request is there:
+/// one wake-up of the backend per connection instead of two (accept and find nothing, then
+/// read). Without data to send the ACK goes out at once, as a server that speaks first needs.
+pub fn start_connect(addr: SocketAddr, data_follows: bool) -> io::Result<tokio::net::TcpStream> {
     let sock = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
     sock.set_tcp_nodelay(true)?;
+    if data_follows {
+        set_defer_accept(&sock, 1)?;
+    }
     match sock.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
     tokio::net::TcpStream::from_std(std::net::TcpStream::from(sock))
+}
+
+fn set_defer_accept(sock: &Socket, secs: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt reads an int of the size given from a live local.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Waits until a connection from [`start_connect`] is established, as `TcpStream::connect`
@@ -128,4 +155,68 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{ErrorKind, Read};
+    use std::time::Instant;
+
+    fn listener() -> (std::net::TcpListener, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    }
+
+    /// Polls a non-blocking accept for up to `within`.
+    fn accept_within(l: &std::net::TcpListener, within: Duration) -> Option<std::net::TcpStream> {
+        let t0 = Instant::now();
+        loop {
+            match l.accept() {
+                Ok((s, _)) => return Some(s),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("accept: {e}"),
+            }
+            if t0.elapsed() >= within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[tokio::test]
+    async fn with_data_to_follow_the_backend_accepts_the_connection_with_its_first_bytes() {
+        let (l, addr) = listener();
+        let s = start_connect(addr, true).unwrap();
+        finish_connect(&s).await.unwrap();
+        // Connected on our side; the backend has not had the handshake's last ACK (the kernel
+        // would send it alone only after its 200 ms delayed-ACK timer).
+        assert!(
+            accept_within(&l, Duration::from_millis(50)).is_none(),
+            "the backend accepted before any data was sent"
+        );
+        s.try_write(b"ClientHello").unwrap();
+        let mut b = accept_within(&l, Duration::from_secs(2)).expect("accepted once data came");
+        b.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 32];
+        let n = b
+            .read(&mut buf)
+            .expect("the first bytes are there at accept");
+        assert_eq!(&buf[..n], b"ClientHello");
+    }
+
+    #[tokio::test]
+    async fn without_data_to_follow_the_handshake_completes_at_once() {
+        // A backend that speaks first (or a client that has not spoken yet) must not wait for
+        // a delayed ACK.
+        let (l, addr) = listener();
+        let s = start_connect(addr, false).unwrap();
+        finish_connect(&s).await.unwrap();
+        assert!(
+            accept_within(&l, Duration::from_millis(150)).is_some(),
+            "the backend did not see the connection"
+        );
+    }
 }

@@ -92,7 +92,7 @@ pub async fn serve_tcp(
 /// is still under way; an error (refused, unreachable) is the connect's own, and the early
 /// bytes stay for the next attempt.
 async fn connect_backend(addr: SocketAddr, early: Option<&mut Early>) -> io::Result<TcpStream> {
-    let stream = super::socket::start_connect(addr)?;
+    let stream = super::socket::start_connect(addr, early.is_some())?;
     if let Some(early) = early {
         match SockRef::from(&stream).send_with_flags(early.unsent(), libc::MSG_NOSIGNAL) {
             Ok(n) => {
