@@ -494,35 +494,23 @@ async fn sim_gateway_process_checks_tokens_and_takes_faults() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `run --pin-workers`: each data-plane thread on its own CPU of the process's set, the
-/// control plane left to the scheduler, and clients served as before.
-/// `portico run` serving one service with one gateway behind it; on drop the process is
-/// stopped (first) and the scratch dir removed, even when an assertion failed.
+/// `portico run` serving one service with one gateway behind it. Fields drop in order: the
+/// process is stopped first ([`Proc`]), then the scratch dir removed ([`TempDir`]), also when
+/// an assertion failed.
 struct OneService {
     proc: Proc,
     /// What it logged until it listened.
     log: Vec<String>,
-    dir: std::path::PathBuf,
     _gateway: Vec<portico::lab::StandIn>,
-}
-
-impl Drop for OneService {
-    fn drop(&mut self) {
-        if let Ok(None) = self.proc.0.try_wait() {
-            // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
-            unsafe { libc::kill(self.proc.0.id() as libc::pid_t, libc::SIGTERM) };
-        }
-        let _ = wait_exit(&mut self.proc.0, Duration::from_secs(10));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: TempDir,
 }
 
 /// Starts `portico run ARGS` on a one-service config and waits until a client reaches the
 /// gateway through it.
 async fn run_one_service(tag: &str, args: &[&str]) -> OneService {
     let gws = gateways(&["web01"]).await;
-    let dir = tempdir(tag);
-    let cfg = dir.join("p.toml");
+    let dir = TempDir::new(tag);
+    let cfg = dir.path("p.toml");
     let port = free_port();
     std::fs::write(
         &cfg,
@@ -531,7 +519,7 @@ async fn run_one_service(tag: &str, args: &[&str]) -> OneService {
              [pool.p]\nbackends = [{{ name = \"web01\", address = \"{}\" }}]\n\
              [metrics]\nlisten = \"off\"\n[admin]\nsocket = \"{}/a.sock\"\n",
             gws[0].addr,
-            dir.display()
+            dir.0.display()
         ),
     )
     .unwrap();
@@ -565,8 +553,8 @@ async fn run_one_service(tag: &str, args: &[&str]) -> OneService {
     OneService {
         proc: g,
         log,
-        dir,
         _gateway: gws,
+        _dir: dir,
     }
 }
 
@@ -583,6 +571,8 @@ fn threads_named<T>(pid: u32, name: &str, read: impl Fn(&std::path::Path) -> T) 
     found
 }
 
+/// `run --pin-workers`: each data-plane thread on its own CPU of the process's set, the
+/// control plane left to the scheduler, and clients served as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pin_workers_puts_each_data_plane_thread_on_a_cpu_of_its_own() {
     let allowed = portico::daemon::cpus::allowed().expect("this process's CPUs");

@@ -91,7 +91,7 @@ pub fn start_connect(addr: SocketAddr, data_follows: bool) -> io::Result<tokio::
     )?;
     sock.set_tcp_nodelay(true)?;
     if data_follows {
-        set_defer_accept(&sock, 1)?;
+        set_defer_accept(&sock)?;
     }
     match sock.connect(&addr.into()) {
         Ok(()) => {}
@@ -101,7 +101,10 @@ pub fn start_connect(addr: SocketAddr, data_follows: bool) -> io::Result<tokio::
     tokio::net::TcpStream::from_std(std::net::TcpStream::from(sock))
 }
 
-fn set_defer_accept(sock: &Socket, secs: libc::c_int) -> io::Result<()> {
+/// `TCP_DEFER_ACCEPT` (socket2 has no setter for it). On a connecting socket any positive
+/// value means "hold the handshake's last ACK for the first data".
+fn set_defer_accept(sock: &Socket) -> io::Result<()> {
+    let secs: libc::c_int = 1;
     // SAFETY: setsockopt reads an int of the size given from a live local.
     let r = unsafe {
         libc::setsockopt(
@@ -163,11 +166,13 @@ mod tests {
     use std::io::{ErrorKind, Read};
     use std::time::Instant;
 
-    fn listener() -> (std::net::TcpListener, SocketAddr) {
+    /// A listener and a connection to it from [`start_connect`], established on our side.
+    async fn connected(data_follows: bool) -> (std::net::TcpListener, tokio::net::TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
-        let a = l.local_addr().unwrap();
-        (l, a)
+        let s = start_connect(l.local_addr().unwrap(), data_follows).unwrap();
+        finish_connect(&s).await.unwrap();
+        (l, s)
     }
 
     /// Polls a non-blocking accept for up to `within`.
@@ -188,9 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_data_to_follow_the_backend_accepts_the_connection_with_its_first_bytes() {
-        let (l, addr) = listener();
-        let s = start_connect(addr, true).unwrap();
-        finish_connect(&s).await.unwrap();
+        let (l, s) = connected(true).await;
         // Connected on our side; the backend has not had the handshake's last ACK (the kernel
         // would send it alone only after its 200 ms delayed-ACK timer).
         assert!(
@@ -211,9 +214,7 @@ mod tests {
     async fn without_data_to_follow_the_handshake_completes_at_once() {
         // A backend that speaks first (or a client that has not spoken yet) must not wait for
         // a delayed ACK.
-        let (l, addr) = listener();
-        let s = start_connect(addr, false).unwrap();
-        finish_connect(&s).await.unwrap();
+        let (l, _s) = connected(false).await;
         assert!(
             accept_within(&l, Duration::from_millis(150)).is_some(),
             "the backend did not see the connection"

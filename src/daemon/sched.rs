@@ -20,10 +20,9 @@ use std::io;
 use std::str::FromStr;
 
 /// The policy for the data-plane threads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerScheduling {
-    /// `SCHED_BATCH`: fair share, no wake-up preemption (the daemon's default).
-    #[default]
+    /// `SCHED_BATCH`: fair share, no wake-up preemption (`portico run`'s default).
     Batch,
     /// `SCHED_OTHER`: the kernel's default, left as the thread started.
     Normal,
@@ -80,19 +79,19 @@ pub fn apply_to_current_thread(policy: WorkerScheduling) -> io::Result<bool> {
     Ok(true)
 }
 
-/// The calling thread's policy, as `sched_getscheduler(2)` returns it.
-pub fn current_policy() -> io::Result<libc::c_int> {
-    // SAFETY: no pointers; pid 0 is the calling thread.
-    let p = unsafe { libc::sched_getscheduler(0) };
-    if p < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's policy, as `sched_getscheduler(2)` returns it.
+    fn current_policy() -> io::Result<libc::c_int> {
+        // SAFETY: no pointers; pid 0 is the calling thread.
+        let p = unsafe { libc::sched_getscheduler(0) };
+        if p < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(p)
+    }
 
     #[test]
     fn names_parse_and_print_back() {
