@@ -89,20 +89,30 @@ impl Early {
 
     /// Sends the rest to the backend, counts every early byte, and returns the buffer to the
     /// pool.
-    async fn finish(
-        self,
-        dst: &mut WriteHalf<'_>,
-        counter: &IntCounter,
-        last: &AtomicU64,
-        base: Instant,
-    ) -> io::Result<u64> {
+    async fn finish(self, dst: &mut WriteHalf<'_>, tally: Tally<'_>) -> io::Result<u64> {
         let r = dst.write_all(self.unsent()).await;
         let len = self.len;
         give_buf(self.buf);
         r?;
-        counter.inc_by(len as u64);
-        last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        tally.moved(len);
         Ok(len as u64)
+    }
+}
+
+/// Where one direction counts its bytes, and the relay's time of the last byte either way
+/// (milliseconds since `base`), which the idle timeout reads.
+#[derive(Clone, Copy)]
+struct Tally<'a> {
+    bytes: &'a IntCounter,
+    last: &'a AtomicU64,
+    base: Instant,
+}
+
+impl Tally<'_> {
+    fn moved(&self, n: usize) {
+        self.bytes.inc_by(n as u64);
+        self.last
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -146,22 +156,23 @@ pub(super) async fn relay(
     let (client_rx, client_tx) = client.split();
     let (backend_rx, backend_tx) = backend.split();
     let eofs = AtomicU8::new(0);
+    let tally = |bytes| Tally {
+        bytes,
+        last: &last,
+        base,
+    };
     let up = pump(
         client_rx,
         backend_tx,
         early,
-        &counters.bytes_to_backend,
-        &last,
-        base,
+        tally(&counters.bytes_to_backend),
         &eofs,
     );
     let down = pump(
         backend_rx,
         client_tx,
         None,
-        &counters.bytes_to_client,
-        &last,
-        base,
+        tally(&counters.bytes_to_client),
         &eofs,
     );
     tokio::pin!(up, down);
@@ -210,13 +221,11 @@ async fn pump(
     mut src: ReadHalf<'_>,
     mut dst: WriteHalf<'_>,
     early: Option<Early>,
-    counter: &IntCounter,
-    last: &AtomicU64,
-    base: Instant,
+    tally: Tally<'_>,
     eofs: &AtomicU8,
 ) -> io::Result<u64> {
     let mut total = match early {
-        Some(e) => e.finish(&mut dst, counter, last, base).await?,
+        Some(e) => e.finish(&mut dst, tally).await?,
         None => 0,
     };
     loop {
@@ -226,10 +235,7 @@ async fn pump(
         // skipped.
         let fin_seen = src.ready(Interest::READABLE).await?.is_read_closed();
         let mut buf = take_buf();
-        let r = drain(
-            &mut src, &mut dst, &mut buf, counter, last, base, &mut total,
-        )
-        .await;
+        let r = drain(&mut src, &mut dst, &mut buf, fin_seen, tally, &mut total).await;
         give_buf(buf);
         match r {
             Ok(Drained::Eof) => {}
@@ -270,13 +276,18 @@ enum Drained {
 /// Reads go through `AsyncRead::poll_read`, which on Linux marks the socket drained after a
 /// short read (tokio#5866): that saves the extra read that would only return EAGAIN, one
 /// syscall per message on request/response traffic.
+///
+/// `fin_seen`: the peer's FIN was already queued behind the data, so a short read is the last
+/// data this direction will carry. That write goes out corked (`MSG_MORE`), and the shutdown
+/// or close that follows at once sends it and the FIN as one segment, as HAProxy often does:
+/// on loopback every segment runs the receiver's TCP input in our system call, and a FIN of
+/// its own can wake the receiver a second time.
 async fn drain(
     src: &mut ReadHalf<'_>,
     dst: &mut WriteHalf<'_>,
     buf: &mut [u8],
-    counter: &IntCounter,
-    last: &AtomicU64,
-    base: Instant,
+    fin_seen: bool,
+    tally: Tally<'_>,
     total: &mut u64,
 ) -> io::Result<Drained> {
     loop {
@@ -294,14 +305,115 @@ async fn drain(
             Some(Err(e)) => return Err(e),
             Some(Ok(())) if n == 0 => return Ok(Drained::Eof),
             Some(Ok(())) => {
-                dst.write_all(&buf[..n]).await?;
+                if fin_seen && n < buf.len() {
+                    send_all(dst.as_ref(), &buf[..n], libc::MSG_MORE).await?;
+                } else {
+                    dst.write_all(&buf[..n]).await?;
+                }
                 *total += n as u64;
-                counter.inc_by(n as u64);
-                last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+                tally.moved(n);
                 if n < buf.len() {
                     return Ok(Drained::Short);
                 }
             }
         }
+    }
+}
+
+/// `write_all` with `send(2)` flags.
+async fn send_all(dst: &TcpStream, mut data: &[u8], flags: libc::c_int) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = dst
+            .async_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(dst).send_with_flags(data, flags | libc::MSG_NOSIGNAL)
+            })
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{BackendCounters, Metrics};
+    use std::io::Write;
+    use std::net::Shutdown;
+
+    /// A loopback connection: the proxy's end (tokio) and the peer's (std, blocking).
+    async fn connection() -> (TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(ours).unwrap(), peer)
+    }
+
+    /// Segments `s` has received so far (`tcpi_segs_in`, Linux 4.2+).
+    fn segments_in(s: &std::net::TcpStream) -> u32 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `len` bytes into it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: as above; the fd is live for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        info.tcpi_segs_in
+    }
+
+    #[tokio::test]
+    async fn a_response_and_its_fin_reach_the_client_in_one_segment() {
+        let (mut client_end, client) = connection().await;
+        let (mut backend_end, mut backend) = connection().await;
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // The backend answers and closes, as an HTTP server does on `Connection: close`; both
+        // are queued on our end before the relay looks (loopback delivers inside the send).
+        backend.write_all(b"HTTP/1.1 200 OK\r\n\r\nbye").unwrap();
+        backend.shutdown(Shutdown::Write).unwrap();
+        let before = segments_in(&client);
+
+        let metrics = Metrics::new();
+        let counters = BackendCounters::new(&metrics, "svc", "be");
+        let (cancel, kill) = (CancellationToken::new(), CancellationToken::new());
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            (&client).read_to_end(&mut got)?;
+            let after = segments_in(&client);
+            // Our half-close ends the relay.
+            client.shutdown(Shutdown::Write)?;
+            Ok::<_, io::Error>((got, after))
+        });
+        let (end, moved) = relay(
+            &mut client_end,
+            &mut backend_end,
+            None,
+            Duration::from_secs(5),
+            &counters,
+            &cancel,
+            &kill,
+        )
+        .await;
+        let (got, after) = reader.await.unwrap().unwrap();
+
+        assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\nbye");
+        assert_eq!((end, moved.to_client), (RelayEnd::Closed, got.len() as u64));
+        assert_eq!(
+            after - before,
+            1,
+            "the response and the FIN came in separate segments"
+        );
     }
 }
