@@ -10,9 +10,11 @@
 #   WORKERS=2 NGINX_WORKERS=2 WRK_THREADS=2 WRK_CONNS=50 benches/cpu-per-conn.sh   # l4bench's shape
 #   ... BACKENDS=2 OWN_SESSION=1 benches/cpu-per-conn.sh   # and l4bench's placement (below)
 # Besides CPU per request it prints the proxy's voluntary context switches per request (each is
-# a sleep in epoll_wait and a wake-up paid by whoever sent the data), nginx's and wrk's CPU and
+# a sleep in epoll_wait and a wake-up paid by whoever sent the data) and its preemptions
+# (involuntary switches), nginx's and wrk's CPU and
 # voluntary context switches ("sleeps") per request, the TCP segments sent per request (all of
-# loopback: each one runs the receiver's TCP input in the sender's system call), and the
+# loopback: each one runs the receiver's TCP input in the sender's system call), the context
+# switches per request on the whole machine (every sleep and every preemption), and the
 # machine's idle time during the run (CPU nobody used while the closed loop waited).
 # BACKENDS=2: nginx listens on two ports and each proxy gets both (HAProxy round-robin), as in
 # l4bench. OWN_SESSION=1: every proxy starts under setsid, so with the kernel's autogroup
@@ -88,18 +90,20 @@ cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 nginx_cpu() { for p in $NGPID $(pgrep -P $NGPID); do cpu $p; done | awk '{s += $1} END {print s}'; }
 idle() { awk '/^cpu /{print $5}' /proc/stat; }
 ctxsw() { cat /proc/$1/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s}'; }
+preempted() { cat /proc/$1/task/*/status 2>/dev/null | awk '/^nonvoluntary_ctxt_switches/ {s += $2} END {print s}'; }
+switches() { awk '/^ctxt/ {print $2}' /proc/stat; }
 segs() { nstat -az TcpOutSegs | awk '/^TcpOutSegs/ {print $2}'; }
 nginx_ctxsw() { for p in $NGPID $(pgrep -P $NGPID); do ctxsw $p; done | awk '{s += $1} END {print s}'; }
 whos="portico haproxy"; [ -n "$B" ] && whos="portico portico_b haproxy"
 for round in $(seq "$ROUNDS"); do
   for who in $whos; do
     pid=$OLD; port=18090; [ $who = portico_b ] && { pid=$NEW; port=18092; }; [ $who = haproxy ] && { pid=$HAP; port=18093; }
-    c0=$(cpu $pid); s0=$(ctxsw $pid); n0=$(nginx_cpu); i0=$(idle); w0=$(nginx_ctxsw); g0=$(segs)
-    out=$(timeout 30 /usr/bin/time -f "WRKTIME %U %S %w" wrk -t"${WRK_THREADS:-1}" -c"${WRK_CONNS:-20}" -d"${SECS:-4}" ${HDR[@]+"${HDR[@]}"} http://127.0.0.1:$port/small.html 2>&1)
-    c1=$(cpu $pid); s1=$(ctxsw $pid); n1=$(nginx_cpu); i1=$(idle); w1=$(nginx_ctxsw); g1=$(segs)
+    c0=$(cpu $pid); s0=$(ctxsw $pid); v0=$(preempted $pid); n0=$(nginx_cpu); i0=$(idle); w0=$(nginx_ctxsw); g0=$(segs); x0=$(switches)
+    out=$(timeout 30 /usr/bin/time -f "WRKTIME %U %S %w %c" wrk -t"${WRK_THREADS:-1}" -c"${WRK_CONNS:-20}" -d"${SECS:-4}" ${HDR[@]+"${HDR[@]}"} http://127.0.0.1:$port/small.html 2>&1)
+    c1=$(cpu $pid); s1=$(ctxsw $pid); v1=$(preempted $pid); n1=$(nginx_cpu); i1=$(idle); w1=$(nginx_ctxsw); g1=$(segs); x1=$(switches)
     reqs=$(echo "$out" | awk '/requests in/{print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
     ticks=$((c1-c0)); hz=$(getconf CLK_TCK)
-    echo "round $round $who ($MODE): $reqs requests, $rps req/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}'), $(awk -v a=$s0 -v b=$s1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') context switches/req, nginx $(awk -v t=$((n1-n0)) -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}') $(awk -v a=$w0 -v b=$w1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') sleeps/req, wrk $(echo "$out" | awk -v r=$reqs '/^WRKTIME/ {printf "%.1f us/req %.3f sleeps/req", ($2+$3)*1e6/r, $4/r}'), $(awk -v a=$g0 -v b=$g1 -v r=$reqs 'BEGIN{printf "%.2f", (b-a)/r}') TCP segments/req, idle $(awk -v t=$((i1-i0)) -v h=$hz 'BEGIN{printf "%.2f", t/h}') CPU-s"
+    echo "round $round $who ($MODE): $reqs requests, $rps req/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}'), $(awk -v a=$s0 -v b=$s1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') context switches/req $(awk -v a=$v0 -v b=$v1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') preempted/req, nginx $(awk -v t=$((n1-n0)) -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}') $(awk -v a=$w0 -v b=$w1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') sleeps/req, wrk $(echo "$out" | awk -v r=$reqs '/^WRKTIME/ {printf "%.1f us/req %.3f sleeps/req %.3f preempted/req", ($2+$3)*1e6/r, $4/r, $5/r}'), $(awk -v a=$g0 -v b=$g1 -v r=$reqs 'BEGIN{printf "%.2f", (b-a)/r}') TCP segments/req, $(awk -v a=$x0 -v b=$x1 -v r=$reqs 'BEGIN{printf "%.2f", (b-a)/r}') context switches/req (machine), idle $(awk -v t=$((i1-i0)) -v h=$hz 'BEGIN{printf "%.2f", t/h}') CPU-s"
   done
 done
