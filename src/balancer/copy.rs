@@ -359,6 +359,27 @@ mod tests {
         (TcpStream::from_std(ours).unwrap(), peer)
     }
 
+    /// Relays between our two ends as `handle` would, with no early bytes and fresh counters.
+    async fn relay_between(
+        client_end: &mut TcpStream,
+        backend_end: &mut TcpStream,
+    ) -> (RelayEnd, Relayed) {
+        let metrics = Metrics::new();
+        let counters = BackendCounters::new(&metrics, "svc", "be");
+        let (cancel, kill) = (CancellationToken::new(), CancellationToken::new());
+        let idle = Duration::from_secs(10);
+        relay(
+            client_end,
+            backend_end,
+            None,
+            idle,
+            &counters,
+            &cancel,
+            &kill,
+        )
+        .await
+    }
+
     /// Segments `s` has received so far (`tcpi_segs_in`, Linux 4.2+).
     fn segments_in(s: &std::net::TcpStream) -> u32 {
         use std::os::fd::AsRawFd;
@@ -392,9 +413,6 @@ mod tests {
         backend.shutdown(Shutdown::Write).unwrap();
         let before = segments_in(&client);
 
-        let metrics = Metrics::new();
-        let counters = BackendCounters::new(&metrics, "svc", "be");
-        let (cancel, kill) = (CancellationToken::new(), CancellationToken::new());
         let reader = tokio::task::spawn_blocking(move || {
             let mut got = Vec::new();
             (&client).read_to_end(&mut got)?;
@@ -403,16 +421,7 @@ mod tests {
             client.shutdown(Shutdown::Write)?;
             Ok::<_, io::Error>((got, after))
         });
-        let (end, moved) = relay(
-            &mut client_end,
-            &mut backend_end,
-            None,
-            Duration::from_secs(5),
-            &counters,
-            &cancel,
-            &kill,
-        )
-        .await;
+        let (end, moved) = relay_between(&mut client_end, &mut backend_end).await;
         let (got, after) = reader.await.unwrap().unwrap();
 
         assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\nbye");
@@ -450,19 +459,7 @@ mod tests {
             client.shutdown(Shutdown::Write)?;
             Ok::<_, io::Error>(got)
         });
-        let metrics = Metrics::new();
-        let counters = BackendCounters::new(&metrics, "svc", "be");
-        let (cancel, kill) = (CancellationToken::new(), CancellationToken::new());
-        let (end, moved) = relay(
-            &mut client_end,
-            &mut backend_end,
-            None,
-            Duration::from_secs(10),
-            &counters,
-            &cancel,
-            &kill,
-        )
-        .await;
+        let (end, moved) = relay_between(&mut client_end, &mut backend_end).await;
         let got = reader.await.unwrap().unwrap();
 
         assert_eq!((end, moved.to_client), (RelayEnd::Closed, LEN as u64));
