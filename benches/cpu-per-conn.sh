@@ -11,11 +11,11 @@
 #   ... BACKENDS=2 OWN_SESSION=1 benches/cpu-per-conn.sh   # and l4bench's placement (below)
 # Besides CPU per request it prints the proxy's voluntary context switches per request (each is
 # a sleep in epoll_wait and a wake-up paid by whoever sent the data) and its preemptions
-# (involuntary switches), nginx's and wrk's CPU and
-# voluntary context switches ("sleeps") per request, the TCP segments sent per request (all of
-# loopback: each one runs the receiver's TCP input in the sender's system call), the context
-# switches per request on the whole machine (every sleep and every preemption), and the
-# machine's idle time during the run (CPU nobody used while the closed loop waited).
+# (involuntary switches); nginx's and wrk's CPU and voluntary context switches ("sleeps") per
+# request, and wrk's preemptions; the TCP segments sent per request (all of loopback: each one
+# runs the receiver's TCP input in the sender's system call); the context switches per request
+# on the whole machine (every sleep and every preemption); and the machine's idle time during
+# the run (CPU nobody used while the closed loop waited).
 # BACKENDS=2: nginx listens on two ports and each proxy gets both (HAProxy round-robin), as in
 # l4bench. OWN_SESSION=1: every proxy starts under setsid, so with the kernel's autogroup
 # scheduling (/proc/sys/kernel/sched_autogroup_enabled) each is a scheduling group of its own
@@ -94,6 +94,9 @@ preempted() { cat /proc/$1/task/*/status 2>/dev/null | awk '/^nonvoluntary_ctxt_
 switches() { awk '/^ctxt/ {print $2}' /proc/stat; }
 segs() { nstat -az TcpOutSegs | awk '/^TcpOutSegs/ {print $2}'; }
 nginx_ctxsw() { for p in $NGPID $(pgrep -P $NGPID); do ctxsw $p; done | awk '{s += $1} END {print s}'; }
+hz=$(getconf CLK_TCK)
+per() { awk -v a="$1" -v b="$2" -v r="$3" -v f="${4:-%.3f}" 'BEGIN{printf f, (b-a)/r}'; }  # (B-A)/R
+us() { awk -v a="$1" -v b="$2" -v r="$3" -v h="$hz" 'BEGIN{printf "%.1f us/req", (b-a)/h*1e6/r}'; }  # ticks A..B per R
 whos="portico haproxy"; [ -n "$B" ] && whos="portico portico_b haproxy"
 for round in $(seq "$ROUNDS"); do
   for who in $whos; do
@@ -103,7 +106,7 @@ for round in $(seq "$ROUNDS"); do
     c1=$(cpu $pid); s1=$(ctxsw $pid); v1=$(preempted $pid); n1=$(nginx_cpu); i1=$(idle); w1=$(nginx_ctxsw); g1=$(segs); x1=$(switches)
     reqs=$(echo "$out" | awk '/requests in/{print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
-    ticks=$((c1-c0)); hz=$(getconf CLK_TCK)
-    echo "round $round $who ($MODE): $reqs requests, $rps req/s, cpu $(awk -v t=$ticks -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}'), $(awk -v a=$s0 -v b=$s1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') context switches/req $(awk -v a=$v0 -v b=$v1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') preempted/req, nginx $(awk -v t=$((n1-n0)) -v h=$hz -v r=$reqs 'BEGIN{printf "%.1f us/req", t/h*1e6/r}') $(awk -v a=$w0 -v b=$w1 -v r=$reqs 'BEGIN{printf "%.3f", (b-a)/r}') sleeps/req, wrk $(echo "$out" | awk -v r=$reqs '/^WRKTIME/ {printf "%.1f us/req %.3f sleeps/req %.3f preempted/req", ($2+$3)*1e6/r, $4/r, $5/r}'), $(awk -v a=$g0 -v b=$g1 -v r=$reqs 'BEGIN{printf "%.2f", (b-a)/r}') TCP segments/req, $(awk -v a=$x0 -v b=$x1 -v r=$reqs 'BEGIN{printf "%.2f", (b-a)/r}') context switches/req (machine), idle $(awk -v t=$((i1-i0)) -v h=$hz 'BEGIN{printf "%.2f", t/h}') CPU-s"
+    wrk_use=$(echo "$out" | awk -v r="$reqs" '/^WRKTIME/ {printf "%.1f us/req %.3f sleeps/req %.3f preempted/req", ($2+$3)*1e6/r, $4/r, $5/r}')
+    echo "round $round $who ($MODE): $reqs requests, $rps req/s, cpu $(us $c0 $c1 $reqs), $(per $s0 $s1 $reqs) context switches/req $(per $v0 $v1 $reqs) preempted/req, nginx $(us $n0 $n1 $reqs) $(per $w0 $w1 $reqs) sleeps/req, wrk $wrk_use, $(per $g0 $g1 $reqs %.2f) TCP segments/req, $(per $x0 $x1 $reqs %.2f) context switches/req (machine), idle $(per $i0 $i1 $hz %.2f) CPU-s"
   done
 done

@@ -64,6 +64,7 @@ pub mod metrics;
 pub mod rdg;
 pub mod sim;
 pub mod snapshot;
+pub mod sockopt;
 pub mod systemd;
 pub mod token;
 pub mod vip;

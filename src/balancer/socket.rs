@@ -91,7 +91,14 @@ pub fn start_connect(addr: SocketAddr, data_follows: bool) -> io::Result<tokio::
     )?;
     sock.set_tcp_nodelay(true)?;
     if data_follows {
-        set_defer_accept(&sock)?;
+        // Any positive value: on a connecting socket it means "hold the handshake's last ACK
+        // for the first data", not a timeout.
+        crate::sockopt::set(
+            &sock,
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            &1 as &libc::c_int,
+        )?;
     }
     match sock.connect(&addr.into()) {
         Ok(()) => {}
@@ -99,26 +106,6 @@ pub fn start_connect(addr: SocketAddr, data_follows: bool) -> io::Result<tokio::
         Err(e) => return Err(e),
     }
     tokio::net::TcpStream::from_std(std::net::TcpStream::from(sock))
-}
-
-/// `TCP_DEFER_ACCEPT` (socket2 has no setter for it). On a connecting socket any positive
-/// value means "hold the handshake's last ACK for the first data".
-fn set_defer_accept(sock: &Socket) -> io::Result<()> {
-    let secs: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int of the size given from a live local.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(sock),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&secs as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Waits until a connection from [`start_connect`] is established, as `TcpStream::connect`

@@ -44,6 +44,7 @@ use super::sync::{self, SyncEntry, SyncError};
 use super::xdp::AttachMode;
 use crate::config::{Config, DsrSync, DsrXdp, Forwarding, VipMode};
 use crate::snapshot::Snapshot;
+use crate::sockopt::set as setsockopt;
 
 /// Frames per batch (`sendmmsg`, and `recvmmsg` on the fallback path).
 pub const BATCH: usize = 64;
@@ -845,20 +846,6 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(r)
     }
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` is a live T and its size is passed with it.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    })
-    .map(|_| ())
 }
 
 /// Classic BPF: accept ARP, VLAN-tagged frames and IPv4 to one of `vips`; drop the rest.

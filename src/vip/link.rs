@@ -66,19 +66,7 @@ impl PacketSocket {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
         };
-        // SAFETY: the pointer and length describe `tv`, alive for the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::addr_of!(tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::sockopt::set(&self.fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
         // SAFETY: the pointer and length describe `buf`, alive and writable for the call.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {

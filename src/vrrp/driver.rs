@@ -34,6 +34,7 @@ use super::packet::{self, Advert, ChecksumCompat, Family, RxError, MULTICAST_V4,
 use crate::config::{Announce, Config, IpPrefix, VipMode};
 use crate::controller::Controller;
 use crate::metrics::Metrics;
+use crate::sockopt;
 use crate::vip::Vips;
 
 /// keepalived's TOS for adverts (DSCP CS6, network control).
@@ -342,23 +343,6 @@ fn raw(domain: Domain) -> std::io::Result<Socket> {
     )
 }
 
-fn setsockopt_int(s: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
-    // SAFETY: the pointer and length describe `value`, alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            std::ptr::addr_of!(value).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn open_sender(interface: &str, primary: IpAddr, index: u32) -> std::io::Result<Socket> {
     let s = match primary {
         IpAddr::V4(primary) => {
@@ -382,7 +366,12 @@ fn open_sender(interface: &str, primary: IpAddr, index: u32) -> std::io::Result<
             // The kernel fills the checksum at offset 6 with the pseudo-header of the source it
             // really uses (keepalived does the same), so a source chosen by the kernel can never
             // disagree with the one we summed.
-            setsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
+            sockopt::set(
+                &s,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_CHECKSUM,
+                &6 as &libc::c_int,
+            )?;
             s
         }
     };
@@ -405,8 +394,18 @@ fn open_receiver(interface: &str, family: Family, index: u32) -> std::io::Result
             s.bind_device(Some(interface.as_bytes()))?;
             s.join_multicast_v6(&MULTICAST_V6, index)?;
             // IPv6 raw sockets hand over no header: ask for hop limit and destination.
-            setsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
-            setsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+            sockopt::set(
+                &s,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_RECVHOPLIMIT,
+                &1 as &libc::c_int,
+            )?;
+            sockopt::set(
+                &s,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_RECVPKTINFO,
+                &1 as &libc::c_int,
+            )?;
             s
         }
     };
